@@ -1,0 +1,94 @@
+"""Loading the native library and deciding, per call, whether its kernels cover a config.
+
+The library (libattnx_ops.so, LibTorch stable ABI) registers CUDA kernels for schemas defined in
+attnx.ops and reports the kernel instances it was built with through `attnx::_native_instances`.
+A CUDA call whose config is outside those instances runs the reference (attnx.info() says so);
+CPU calls always run the reference.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+LIB_NAME = "libattnx_ops.so"
+_state = {"path": None, "error": None, "instances": frozenset()}
+
+
+def _candidates():
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = os.environ.get("ATTNX_NATIVE_LIB")
+    if env:
+        yield env
+    yield os.path.join(here, LIB_NAME)
+    yield from sorted(glob.glob(os.path.join(here, "libattnx_ops*.so")))
+
+
+def load():
+    if os.environ.get("ATTNX_DISABLE_NATIVE") == "1":
+        _state["error"] = "disabled by ATTNX_DISABLE_NATIVE=1"
+        return
+    for path in _candidates():
+        if os.path.exists(path):
+            try:
+                torch.ops.load_library(path)
+                _state["path"] = path
+                names = torch.ops.attnx._native_instances()
+                _state["instances"] = frozenset(n for n in names.split("\n") if n)
+            except Exception as e:  # a broken library must not break the package: the reference runs
+                _state["error"] = f"{type(e).__name__}: {e}"
+            return
+    _state["error"] = "not built (pure-Python install: every op runs its reference)"
+
+
+def instances() -> frozenset:
+    return _state["instances"]
+
+
+def has_cuda_kernel(op: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"attnx::{op}", "CUDA")
+
+
+_DTYPE_TAG = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _sm90(device) -> bool:
+    return torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def covers(op: str, q, k=None, v=None) -> bool:
+    """True if the native library has a kernel instance for this CUDA call."""
+    if not q.is_cuda or not has_cuda_kernel(op):
+        return False
+    if op == "attention":
+        tag = _DTYPE_TAG.get(q.dtype)
+        return (tag is not None and v.shape[-1] == q.shape[-1] and _sm90(q.device)
+                and f"fmha_fwd_{tag}_hdim{q.shape[-1]}" in _state["instances"])
+    return True
+
+
+def use_reference(op: str, q, k=None, v=None) -> bool:
+    """A CUDA call the native kernels do not cover: run the reference directly."""
+    return q.is_cuda and has_cuda_kernel(op) and not covers(op, q, k, v)
+
+
+def info() -> dict:
+    from .ops._registry import OPS
+    ops = {}
+    for name, family in sorted(OPS.items()):
+        cuda = "native" if has_cuda_kernel(name) else "reference"
+        if name == "attention" and cuda == "native":
+            cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_fwd"))) \
+                + " on sm_90; reference otherwise"
+        ops[name] = {"family": family, "cpu": "reference", "cuda": cuda}
+    return {
+        "version": __import__("attnx").__version__,
+        "torch": torch.__version__,
+        "native_library": _state["path"],
+        "native_error": _state["error"],
+        "native_instances": sorted(_state["instances"]),
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "ops": ops,
+    }

@@ -1,0 +1,24 @@
+"""Block-sparse attention (the iteration space GNA plans into): op and public API."""
+from __future__ import annotations
+
+from ..reference import block_sparse as ref
+from ._registry import define_attention_like
+
+block_sparse_op, block_sparse_backward_op = define_attention_like(
+    "block_sparse_attention", "Tensor kv_block_index, Tensor kv_block_count, int q_block, int kv_block, float? scale=None",
+    lambda q, k, v, idx, cnt, qb, kb, scale: ref.block_sparse_fwd(q, k, v, idx, cnt, qb, kb, scale),
+    lambda dout, dlse, q, k, v, out, lse, idx, cnt, qb, kb, scale: ref.block_sparse_bwd(
+        dout, dlse, q, k, v, idx, cnt, qb, kb, scale),
+    family="gna")
+
+
+def block_sparse_attention(q, k, v, kv_block_index, kv_block_count, *, q_block, kv_block, scale=None,
+                           return_lse=False):
+    """Attention where Q tile t visits only KV tiles ``kv_block_index[b, h, t, :kv_block_count[b, h, t]]``.
+
+    q/k/v [B, L, H, D]; tiles are runs of ``q_block`` / ``kv_block`` tokens; a batch or head dim
+    of size 1 in the index tensors broadcasts. See :func:`attnx.reference.block_sparse_attention`.
+    """
+    ref.check_block_sparse(q, k, v, kv_block_index, kv_block_count, q_block, kv_block, check_values=False)
+    out, lse = block_sparse_op(q, k, v, kv_block_index, kv_block_count, q_block, kv_block, scale)
+    return (out, lse) if return_lse else out

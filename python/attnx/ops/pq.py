@@ -1,0 +1,42 @@
+"""Product-quantization selection (SPT) and the PQ-sparse attention layer op: ops and public API."""
+from __future__ import annotations
+
+import torch
+
+from ..reference import pq as ref
+from ._registry import define
+from .sparse import sparse_op
+
+FAMILY = "pq_sparse"
+
+
+def _fit_fake(x, m, c, iters, seed):
+    return x.new_empty((x.shape[2], m, c, x.shape[3] // m), dtype=torch.float32)
+
+
+fit_op = define("pq_fit", "(Tensor x, int num_subspaces, int num_centroids=256, int iters=10, int seed=0) -> Tensor",
+                lambda x, m, c, iters, seed: ref.pq_fit(x, m, c, iters, seed), fake=_fit_fake, family=FAMILY)
+update_op = define("pq_update", "(Tensor centroids, Tensor x, int iters=1) -> Tensor",
+                   lambda cb, x, iters: ref.pq_update(cb, x, iters),
+                   fake=lambda cb, x, iters: torch.empty_like(cb), family=FAMILY)
+encode_op = define("pq_encode", "(Tensor x, Tensor centroids) -> Tensor",
+                   lambda x, cb: ref.pq_encode(x, cb),
+                   fake=lambda x, cb: x.new_empty((*x.shape[:3], cb.shape[1]), dtype=torch.uint8), family=FAMILY)
+topk_op = define("pq_topk", "(Tensor q, Tensor k_codes, Tensor centroids, int k, bool causal=False) -> Tensor",
+                 lambda q, codes, cb, k, causal: ref.pq_topk(q, codes, cb, k, causal),
+                 fake=lambda q, codes, cb, k, causal: q.new_empty((*q.shape[:3], k), dtype=torch.int32), family=FAMILY)
+
+
+def _pq_sparse_impl(q, k, v, k_top, centroids, causal, scale, num_subspaces, num_centroids):
+    # Selection is not differentiable: it only decides which keys each query reads.
+    kd = k.detach()
+    if centroids is None:
+        centroids = fit_op(kd, num_subspaces, num_centroids, 10, 0)
+    idx = topk_op(q.detach(), encode_op(kd, centroids), centroids, k_top, causal)
+    return sparse_op(q, k, v, idx, scale)
+
+
+define("pq_sparse_attention",
+       "(Tensor q, Tensor k, Tensor v, int k_top, Tensor? centroids=None, bool causal=False, float? scale=None, "
+       "int num_subspaces=8, int num_centroids=256) -> (Tensor out, Tensor lse)",
+       _pq_sparse_impl, family=FAMILY, key="CompositeImplicitAutograd")

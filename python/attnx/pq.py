@@ -1,0 +1,46 @@
+"""Product quantization for sparse attention (SPT): codebooks, codes, top-k selection, the layer op.
+
+Thin wrappers over the torch.ops.attnx.pq_* ops; the semantics are those of
+:mod:`attnx.reference.pq` (the executable specification).
+"""
+from __future__ import annotations
+
+import torch
+
+from .ops.pq import encode_op, fit_op, topk_op, update_op
+from .reference.pq import Codebook, _codebook, quantization_error
+
+__all__ = ["Codebook", "fit", "update", "encode", "topk", "quantization_error", "pq_sparse_attention"]
+
+
+def fit(x, num_subspaces, num_centroids=256, iters=10, *, seed=0) -> Codebook:
+    """k-means codebooks per head and subspace for keys x [B, L, H, D] -> Codebook."""
+    return Codebook(fit_op(x, num_subspaces, num_centroids, iters, seed))
+
+
+def update(codebook, x, *, iters=1) -> Codebook:
+    """Refresh a codebook with ``iters`` k-means iterations on new keys (cheap, for fine-tuning)."""
+    return Codebook(update_op(_codebook("codebook", codebook), x, iters))
+
+
+def encode(x, codebook) -> torch.Tensor:
+    """uint8 codes [B, L, H, M] of x [B, L, H, D]."""
+    return encode_op(x, _codebook("codebook", codebook))
+
+
+def topk(q, k_codes, codebook, k, *, causal=False) -> torch.Tensor:
+    """int32 [B, Lq, H, k]: each query's k keys by PQ inner product, -1 where fewer are allowed."""
+    return topk_op(q, k_codes, _codebook("codebook", codebook), k, bool(causal))
+
+
+def pq_sparse_attention(q, k, v, k_top, *, codebook=None, causal=False, scale=None, return_lse=False,
+                        num_subspaces=8, num_centroids=256):
+    """The SPT layer: PQ picks each query's ``k_top`` keys, exact sparse attention runs over them.
+
+    q/k/v [B, L, H, D]. Without a codebook one is fitted on k (10 k-means iterations). The
+    selection is not differentiable; the attention over the selected keys is.
+    """
+    centroids = None if codebook is None else _codebook("codebook", codebook)
+    out, lse = torch.ops.attnx.pq_sparse_attention(q, k, v, k_top, centroids, bool(causal), scale, num_subspaces,
+                                                   num_centroids)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,72 @@
+"""Reference sparse attention: each query attends to exactly the keys listed for it.
+
+  out[b, i, h] = sum_{j in S(b,i,h)} softmax_j(scale * q[b,i,h] . k[b,j,h]) v[b,j,h]
+with S(b, i, h) = {indices[b, i, h, t] : indices[b, i, h, t] >= 0} (-1 marks an empty slot;
+a key listed twice is an error). An empty S gives out = 0 and lse = -inf.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _validate as V
+from ._core import chunked_forward, chunked_vjp, default_scale, gathered_chunks, gathered_rows, lse_dtype
+
+
+def check_sparse(q, k, v, indices, *, check_values: bool = True):
+    V.qkv(q, k, v, q_ndim=4)
+    if q.shape[0] != k.shape[0]:
+        V.fail("k", f"batch {k.shape[0]}", f"the batch of 'q' ({q.shape[0]})")
+    V.tensor("indices", indices, ndim=4, dtypes=(torch.int32, torch.int64))
+    if tuple(indices.shape[:3]) != tuple(q.shape[:3]):
+        V.fail("indices", f"shape {tuple(indices.shape)}", f"[B, Lq, H, k] with [B, Lq, H] = {tuple(q.shape[:3])}")
+    if indices.device != q.device:
+        V.fail("indices", f"device {indices.device}", f"the device of 'q' ({q.device})")
+    if check_values and indices.numel():
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < -1 or hi >= k.shape[1]:
+            V.fail("indices", f"values in [{lo}, {hi}]", f"-1 (empty) or key positions in [0, {k.shape[1]})")
+        srt = indices.sort(dim=-1).values
+        dup = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)
+        if bool(dup.any()):
+            V.fail("indices", "a key listed twice for one query", "distinct keys per query (-1 may repeat)")
+
+
+def _fn(k, v, indices, scale):
+    def fn(qc, *kv_sl):
+        *kv, sl = kv_sl
+        kk, vv = kv if kv else (k, v)
+        return gathered_rows(qc, kk, vv, indices[:, sl], scale)
+    return fn
+
+
+def sparse_fwd(q, k, v, indices, scale):
+    scale = default_scale(scale, q.shape[-1])
+    return chunked_forward(_fn(k, v, indices, scale), q, gathered_chunks(q, v, indices.shape[-1]),
+                           (*q.shape[:-1], v.shape[-1]), q.shape[:-1], q.dtype, lse_dtype(q.dtype))
+
+
+def sparse_bwd(dout, dlse, q, k, v, indices, scale):
+    scale = default_scale(scale, q.shape[-1])
+    return chunked_vjp(_fn(k, v, indices, scale), q, [k, v], dout, dlse,
+                       gathered_chunks(q, v, indices.shape[-1]))
+
+
+class _SparseRef(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, indices, scale):
+        out, lse = sparse_fwd(q, k, v, indices, scale)
+        ctx.save_for_backward(q, k, v, indices)
+        ctx.scale = scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, indices = ctx.saved_tensors
+        return (*sparse_bwd(dout, dlse, q, k, v, indices, ctx.scale), None, None)
+
+
+def sparse_attention(q, k, v, indices, *, scale=None, return_lse=False):
+    """Sparse attention. q [B, Lq, H, D], k/v [B, Lk, H, D|Dv], indices int32 [B, Lq, H, k]."""
+    check_sparse(q, k, v, indices)
+    out, lse = _SparseRef.apply(q, k, v, indices, scale)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,144 @@
+"""Sparse attention (each query attends to exactly its listed keys) against a naive definition.
+
+Contract: q [B, Lq, H, D], k/v [B, Lk, H, D]; indices int32 [B, Lq, H, k], -1 = empty slot, no
+duplicates; softmax over the listed keys only; an all -1 row gives out 0 and lse -inf.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnx
+import attnx.reference
+from conftest import TOL, assert_close, default_scale, naive_rows
+
+IMPLS = ["reference", "api"]
+
+
+def impl(which: str, name: str):
+    return getattr(attnx.reference if which == "reference" else attnx, name)
+
+
+def naive_sparse(q, k, v, indices, scale=None):
+    B, Lq, H, D = q.shape
+    scale = default_scale(D) if scale is None else scale
+    out = torch.zeros(B, Lq, H, v.shape[-1], dtype=torch.float64)
+    lse = torch.zeros(B, Lq, H, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            rows = indices[b, :, h].tolist()
+            out[b, :, h], lse[b, :, h] = naive_rows(q[b, :, h], k[b, :, h], v[b, :, h],
+                                                    lambda i: [j for j in rows[i] if j >= 0], scale)
+    return out, lse
+
+
+def random_indices(B, Lq, H, Lk, kk, *, empty_frac=0.25, empty_rows=True):
+    """Distinct keys per row in random order, some -1 slots (anywhere in the row), some empty rows."""
+    idx = torch.empty(B, Lq, H, kk, dtype=torch.int32)
+    for b in range(B):
+        for i in range(Lq):
+            for h in range(H):
+                row = torch.randperm(Lk)[:kk].to(torch.int32)
+                if row.numel() < kk:
+                    row = torch.cat([row, torch.full((kk - row.numel(),), -1, dtype=torch.int32)])
+                drop = torch.rand(kk) < empty_frac
+                row[drop] = -1
+                idx[b, i, h] = row[torch.randperm(kk)]
+    if empty_rows:
+        idx[0, 0, 0] = -1
+    return idx
+
+
+def rand(*shape, dtype=torch.float64, requires_grad=False):
+    return torch.randn(*shape, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+
+
+# (B, Lq, Lk, H, D, Dv, k)
+CASES = [
+    (2, 6, 9, 2, 8, 8, 4),
+    (1, 9, 5, 3, 5, 5, 5),   # k == Lk
+    (2, 4, 12, 1, 4, 4, 1),  # single key
+    (1, 3, 4, 2, 4, 4, 6),   # k > Lk: trailing -1 slots
+    (1, 5, 7, 2, 6, 3, 3),   # Dv != D
+]
+
+
+@pytest.mark.parametrize("which", IMPLS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_sparse_fp64(which, case):
+    B, Lq, Lk, H, D, Dv, kk = case
+    q, k, v = rand(B, Lq, H, D), rand(B, Lk, H, D), rand(B, Lk, H, Dv)
+    indices = random_indices(B, Lq, H, Lk, kk)
+    out, lse = impl(which, "sparse_attention")(q, k, v, indices, return_lse=True)
+    out_ref, lse_ref = naive_sparse(q, k, v, indices)
+    assert tuple(out.shape) == (B, Lq, H, Dv) and out.dtype == torch.float64
+    assert tuple(lse.shape) == (B, Lq, H)
+    assert_close(out, out_ref, 1e-10)
+    assert_close(lse, lse_ref, 1e-10, "lse")
+
+
+@pytest.mark.parametrize("which", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_sparse_low_precision(which, dtype):
+    B, Lq, Lk, H, D, kk = 2, 8, 16, 2, 16, 6
+    q, k, v = (rand(B, L, H, D, dtype=dtype) for L in (Lq, Lk, Lk))
+    indices = random_indices(B, Lq, H, Lk, kk)
+    out, lse = impl(which, "sparse_attention")(q, k, v, indices, scale=0.35, return_lse=True)
+    out_ref, lse_ref = naive_sparse(q, k, v, indices, scale=0.35)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert_close(out, out_ref, TOL[dtype])
+    assert_close(lse, lse_ref, 1e-4, "lse")
+
+
+@pytest.mark.parametrize("which", IMPLS)
+def test_sparse_all_empty_row(which):
+    q, k, v = rand(1, 3, 2, 4), rand(1, 5, 2, 4), rand(1, 5, 2, 4)
+    indices = torch.tensor([[[[0, 2], [-1, -1]], [[-1, -1], [-1, -1]], [[4, -1], [-1, 1]]]], dtype=torch.int32)
+    out, lse = impl(which, "sparse_attention")(q, k, v, indices, return_lse=True)
+    assert (out[0, 1] == 0).all() and torch.isneginf(lse[0, 1]).all()
+    assert (out[0, 0, 1] == 0).all() and torch.isneginf(lse[0, 0, 1])
+    # a single listed key: out is exactly that value row
+    assert_close(out[0, 2, 0], v[0, 4, 0], 1e-12, "single key")
+    assert_close(out[0, 2, 1], v[0, 1, 1], 1e-12, "single key")
+    out_ref, lse_ref = naive_sparse(q, k, v, indices)
+    assert_close(out, out_ref, 1e-10)
+    assert_close(lse, lse_ref, 1e-10, "lse")
+
+
+@pytest.mark.parametrize("which", IMPLS)
+def test_sparse_all_keys_is_dense(which):
+    B, Lq, Lk, H, D = 2, 4, 6, 2, 4
+    q, k, v = rand(B, Lq, H, D), rand(B, Lk, H, D), rand(B, Lk, H, D)
+    indices = torch.arange(Lk, dtype=torch.int32).flip(0).expand(B, Lq, H, Lk).contiguous()
+    out = impl(which, "sparse_attention")(q, k, v, indices)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * 0.5
+    assert_close(out, torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), v), 1e-10)
+
+
+@pytest.mark.parametrize("which", IMPLS)
+def test_sparse_order_irrelevant(which):
+    q, k, v = rand(1, 4, 2, 4), rand(1, 8, 2, 4), rand(1, 8, 2, 4)
+    indices = random_indices(1, 4, 2, 8, 5, empty_rows=False)
+    f = impl(which, "sparse_attention")
+    a = f(q, k, v, indices)
+    b = f(q, k, v, indices.flip(-1).contiguous())
+    assert_close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("which", IMPLS)
+def test_sparse_gradcheck(which):
+    q = rand(1, 3, 2, 3, requires_grad=True)
+    k = rand(1, 5, 2, 3, requires_grad=True)
+    v = rand(1, 5, 2, 2, requires_grad=True)
+    f = impl(which, "sparse_attention")
+    idx = random_indices(1, 3, 2, 5, 3, empty_rows=False)
+    # make sure no row is empty for the lse check
+    for i in range(3):
+        for h in range(2):
+            if (idx[0, i, h] < 0).all():
+                idx[0, i, h, 0] = i
+    assert torch.autograd.gradcheck(lambda q, k, v: f(q, k, v, idx, return_lse=True), (q, k, v))
+    # out only, with an empty row (its gradient is zero)
+    idx2 = idx.clone()
+    idx2[0, 1, 0] = -1
+    assert torch.autograd.gradcheck(lambda q, k, v: f(q, k, v, idx2), (q, k, v))
