@@ -235,8 +235,6 @@ BS_CASES = {
     "count-negative": (dict(count=torch.full((1, 2, 2), -1, dtype=torch.int32)), ("kv_block_count",)),
     "tile-out-of-range": (dict(index=torch.full((1, 2, 2, 1), 2, dtype=torch.int32)), ("kv_block_index",)),
     "tile-negative": (dict(index=torch.full((1, 2, 2, 1), -1, dtype=torch.int32)), ("kv_block_index",)),
-    "tile-duplicate": (dict(index=torch.zeros(1, 2, 2, 2, dtype=torch.int32),
-                            count=torch.full((1, 2, 2), 2, dtype=torch.int32)), ("kv_block_index",)),
     "q-rank3": (dict(q=r(8, 2, 4)), ("q",)),
 }
 
@@ -246,6 +244,12 @@ BS_CASES = {
 def test_block_sparse_bad(which, case):
     kw, names = BS_CASES[case]
     expect_error(lambda: bs_call(which, **kw), *names)
+
+
+def test_block_sparse_duplicate_tiles_rejected_by_reference():
+    """docs/design-decisions.md: listed tiles must be distinct (the reference checks)."""
+    expect_error(lambda: bs_call("reference", index=torch.zeros(1, 2, 2, 2, dtype=torch.int32),
+                                 count=torch.full((1, 2, 2), 2, dtype=torch.int32)), "kv_block_index")
 
 
 # ----------------------------------------------------------------------------- MLA

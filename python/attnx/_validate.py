@@ -56,11 +56,9 @@ def last_dim_contiguous(arg: str, x: torch.Tensor):
 def qkv(q, k, v, *, q_ndim: int | None = None, heads_dim: int = -2, names=("q", "k", "v")):
     """Common q/k/v checks: same rank, dtype, device; GQA head ratio; D_q == D_k."""
     nq, nk, nv = names
-    tensor(nq, q, dtypes=REFERENCE_DTYPES)
+    tensor(nq, q, ndim=q_ndim, dtypes=REFERENCE_DTYPES)
     tensor(nk, k, ndim=q.dim(), dtypes=REFERENCE_DTYPES)
     tensor(nv, v, ndim=q.dim(), dtypes=REFERENCE_DTYPES)
-    if q_ndim is not None and q.dim() != q_ndim:
-        fail(nq, f"a tensor of rank {q.dim()} (shape {tuple(q.shape)})", f"rank {q_ndim}")
     same_dtype(**{nq: q, nk: k, nv: v})
     same_device(**{nq: q, nk: k, nv: v})
     if k.shape[-1] != q.shape[-1]:

@@ -4,9 +4,16 @@ from __future__ import annotations
 from ..reference import block_sparse as ref
 from ._registry import define_attention_like
 
+
+
+def _forward(q, k, v, idx, cnt, q_block, kv_block, scale):
+    ref.check_block_sparse(q, k, v, idx, cnt, q_block, kv_block)  # values too: tile ids, counts
+    return ref.block_sparse_fwd(q, k, v, idx, cnt, q_block, kv_block, scale)
+
+
 block_sparse_op, block_sparse_backward_op = define_attention_like(
     "block_sparse_attention", "Tensor kv_block_index, Tensor kv_block_count, int q_block, int kv_block, float? scale=None",
-    lambda q, k, v, idx, cnt, qb, kb, scale: ref.block_sparse_fwd(q, k, v, idx, cnt, qb, kb, scale),
+    _forward,
     lambda dout, dlse, q, k, v, out, lse, idx, cnt, qb, kb, scale: ref.block_sparse_bwd(
         dout, dlse, q, k, v, idx, cnt, qb, kb, scale),
     family="gna")

@@ -43,11 +43,7 @@ def mla_decode_metadata(cache_seqlens, num_q_heads, num_kv_heads=1, q_len=1):
 
     Compute it once per decode step and pass it to every layer's :func:`mla_decode`.
     """
-    from .. import _validate as V
-    V.tensor("cache_seqlens", cache_seqlens, ndim=1, dtypes=(torch.int32,))
-    V.int_arg("num_q_heads", num_q_heads, min_value=1)
-    V.int_arg("num_kv_heads", num_kv_heads, min_value=1)
-    V.int_arg("q_len", q_len, min_value=1)
+    ref.check_metadata(cache_seqlens, num_q_heads, num_kv_heads, q_len)
     return MLAMetadata(*metadata_op(cache_seqlens, num_q_heads, num_kv_heads, q_len))
 
 

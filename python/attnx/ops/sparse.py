@@ -4,9 +4,16 @@ from __future__ import annotations
 from ..reference import sparse as ref
 from ._registry import define_attention_like
 
+
+
+def _forward(q, k, v, indices, scale):
+    ref.check_sparse(q, k, v, indices)  # values too: range and duplicates
+    return ref.sparse_fwd(q, k, v, indices, scale)
+
+
 sparse_op, sparse_backward_op = define_attention_like(
     "sparse_attention", "Tensor indices, float? scale=None",
-    lambda q, k, v, idx, scale: ref.sparse_fwd(q, k, v, idx, scale),
+    _forward,
     lambda dout, dlse, q, k, v, out, lse, idx, scale: ref.sparse_bwd(dout, dlse, q, k, v, idx, scale),
     family="pq_sparse")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validate as V
-from ._core import chunked_forward, chunked_vjp, default_scale, gathered_chunks, gathered_rows, lse_dtype
+from ._core import default_scale, gathered_attention, gathered_attention_backward
 
 
 def check_block_sparse(q, k, v, index, count, q_block, kv_block, *, check_values: bool = True):
@@ -57,26 +57,15 @@ def block_indices(index, count, rows: slice, q_block: int, kv_block: int, lk: in
     return keys.permute(0, 2, 1, 3)
 
 
-def _fn(k, v, index, count, q_block, kv_block, scale):
-    def fn(qc, *kv_sl):
-        *kv, sl = kv_sl
-        kk, vv = kv if kv else (k, v)
-        idx = block_indices(index, count, sl, q_block, kv_block, kk.shape[1])
-        return gathered_rows(qc, kk, vv, idx, scale)
-    return fn
-
-
 def block_sparse_fwd(q, k, v, index, count, q_block, kv_block, scale):
-    scale = default_scale(scale, q.shape[-1])
-    fn = _fn(k, v, index, count, q_block, kv_block, scale)
-    return chunked_forward(fn, q, gathered_chunks(q, v, index.shape[3] * kv_block),
-                           (*q.shape[:-1], v.shape[-1]), q.shape[:-1], q.dtype, lse_dtype(q.dtype))
+    idx_of = lambda sl: block_indices(index, count, sl, q_block, kv_block, k.shape[1])  # noqa: E731
+    return gathered_attention(q, k, v, idx_of, index.shape[3] * kv_block, default_scale(scale, q.shape[-1]))
 
 
 def block_sparse_bwd(dout, dlse, q, k, v, index, count, q_block, kv_block, scale):
-    scale = default_scale(scale, q.shape[-1])
-    fn = _fn(k, v, index, count, q_block, kv_block, scale)
-    return chunked_vjp(fn, q, [k, v], dout, dlse, gathered_chunks(q, v, index.shape[3] * kv_block))
+    idx_of = lambda sl: block_indices(index, count, sl, q_block, kv_block, k.shape[1])  # noqa: E731
+    return gathered_attention_backward(dout, dlse, q, k, v, idx_of, index.shape[3] * kv_block,
+                                       default_scale(scale, q.shape[-1]))
 
 
 class _BlockSparseRef(torch.autograd.Function):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from .. import _validate as V
-from ._core import (chunked_forward, chunked_vjp, compute_dtype, default_scale, expand_kv_heads,
-                    lse_dtype, masked_softmax_attention, row_chunks)
+from ._core import (chunked_backward, chunked_forward, compute_dtype, default_scale, expand_kv_heads, lse_dtype,
+                    reduce_kv_heads, row_chunks, softmax_backward)
 
 
 def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, offset: int, left: int, right: int):
@@ -28,20 +28,36 @@ def _window_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, offset: int, left: in
     return keep
 
 
-def _dense_rows(qc, k, v, sl: slice, lq: int, left: int, right: int, scale: float):
-    """Attention of the query rows ``sl`` (qc [B, c, Hq, D]) over all of k/v [B, Lk, Hk, D]."""
+def _dense_probs(qc, k, v, sl: slice, lq: int, left: int, right: int, scale: float):
+    """Probabilities of the query rows ``sl`` (qc [B, c, Hq, D]) over all keys: p [B, H, c, Lk], lse."""
     hq = qc.shape[2]
     cdt = compute_dtype(qc.dtype)
-    kk = expand_kv_heads(k, hq).to(cdt)
-    vv = expand_kv_heads(v, hq).to(cdt)
-    s = torch.einsum("bqhd,bkhd->bhqk", qc.to(cdt), kk) * scale
-    mask = None
+    kk = expand_kv_heads(k, hq).to(cdt).transpose(1, 2)  # [B, H, Lk, D]
+    vv = expand_kv_heads(v, hq).to(cdt).transpose(1, 2)
+    s = torch.einsum("bqhd,bhkd->bhqk", qc.to(cdt), kk) * scale
     if left >= 0 or right >= 0:
         q_pos = torch.arange(sl.start, sl.start + qc.shape[1], device=qc.device)
         k_pos = torch.arange(k.shape[1], device=qc.device)
-        mask = _window_mask(q_pos, k_pos, k.shape[1] - lq, left, right)
-    out, lse = masked_softmax_attention(s, vv.transpose(1, 2), mask)
-    return out.transpose(1, 2), lse.transpose(1, 2)
+        s = s.masked_fill(~_window_mask(q_pos, k_pos, k.shape[1] - lq, left, right), float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # -inf on a row with no visible key
+    base = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    return torch.exp(s - base.unsqueeze(-1)), lse, kk, vv
+
+
+def _dense_rows(qc, k, v, sl: slice, lq: int, left: int, right: int, scale: float):
+    p, lse, _, vv = _dense_probs(qc, k, v, sl, lq, left, right, scale)
+    return (p @ vv).transpose(1, 2), lse.transpose(1, 2)
+
+
+def _dense_rows_backward(qc, k, v, sl, lq, left, right, scale, dout, dlse, dk_acc, dv_acc):
+    p, _, kk, vv = _dense_probs(qc, k, v, sl, lq, left, right, scale)
+    do = dout.to(p.dtype).transpose(1, 2)  # [B, H, c, Dv]
+    ds = softmax_backward(p, do @ vv.transpose(-1, -2), ((p @ vv) * do).sum(-1),
+                          None if dlse is None else dlse.to(p.dtype).transpose(1, 2))
+    hk = k.shape[2]
+    dk_acc += reduce_kv_heads(ds.transpose(-1, -2) @ qc.to(p.dtype).transpose(1, 2) * scale, hk, 1).transpose(1, 2)
+    dv_acc += reduce_kv_heads(p.transpose(-1, -2) @ do, hk, 1).transpose(1, 2)
+    return (ds @ kk * scale).transpose(1, 2)
 
 
 def _dense_chunks(q, k):
@@ -67,8 +83,8 @@ def attention_bwd(dout, dlse, q, k, v, causal: bool, scale, window=(-1, -1)):
     if causal:
         right = 0 if right < 0 else min(right, 0)
     lq = q.shape[1]
-    fn = lambda qc, kk, vv, sl: _dense_rows(qc, kk, vv, sl, lq, left, right, scale)  # noqa: E731
-    return chunked_vjp(fn, q, [k, v], dout, dlse, _dense_chunks(q, k))
+    fn = lambda qc, do, dl, sl, dk, dv: _dense_rows_backward(qc, k, v, sl, lq, left, right, scale, do, dl, dk, dv)  # noqa: E731
+    return chunked_backward(fn, q, k, v, dout, dlse, _dense_chunks(q, k))
 
 
 def attention(q, k, v, *, causal=False, scale=None, return_lse=False):

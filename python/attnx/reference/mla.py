@@ -115,13 +115,17 @@ def mla_decode_metadata_fwd(cache_seqlens, num_q_heads: int, num_kv_heads: int =
 
 def mla_decode_metadata(cache_seqlens, num_q_heads, num_kv_heads=1, q_len=1):
     """Plan the split-KV decode for these sequence lengths (int32 [B]); see MLAMetadata."""
+    check_metadata(cache_seqlens, num_q_heads, num_kv_heads, q_len)
+    return mla_decode_metadata_fwd(cache_seqlens, num_q_heads, num_kv_heads, q_len)
+
+
+def check_metadata(cache_seqlens, num_q_heads, num_kv_heads, q_len):
     V.tensor("cache_seqlens", cache_seqlens, ndim=1, dtypes=(torch.int32,))
     V.int_arg("num_q_heads", num_q_heads, min_value=1)
     V.int_arg("num_kv_heads", num_kv_heads, min_value=1)
     V.int_arg("q_len", q_len, min_value=1)
     if num_q_heads % num_kv_heads:
         V.fail("num_kv_heads", num_kv_heads, f"a divisor of num_q_heads ({num_q_heads})")
-    return mla_decode_metadata_fwd(cache_seqlens, num_q_heads, num_kv_heads, q_len)
 
 
 def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale=None, causal=False, metadata=None):

@@ -20,7 +20,7 @@ import math
 import torch
 
 from .. import _validate as V
-from ._core import chunked_forward, chunked_vjp, default_scale, gathered_chunks, gathered_rows, lse_dtype
+from ._core import default_scale, gathered_attention, gathered_attention_backward
 
 
 def axis_neighbors(n: int, k: int, d: int = 1, s: int = 1, causal: bool = False, device=None) -> torch.Tensor:
@@ -74,35 +74,25 @@ def na_indices(spatial, ks, dil, st, ca, rows: slice, device) -> torch.Tensor:
     return torch.where(valid, flat, torch.full_like(flat, -1))
 
 
-def _fn(k, v, geom, scale):
-    spatial, ks, dil, st, ca = geom
-
-    def fn(qc, *kv_sl):
-        *kv, sl = kv_sl
-        kk, vv = kv if kv else (k, v)
-        idx = na_indices(spatial, ks, dil, st, ca, sl, qc.device)[None, :, None, :]
-        return gathered_rows(qc, kk, vv, idx, scale)
-    return fn
-
-
 def _flat(x):
     return x.reshape(x.shape[0], -1, *x.shape[-2:])
 
 
+def _idx_of(geom, device):
+    spatial, ks, dil, st, ca = geom
+    return lambda sl: na_indices(spatial, ks, dil, st, ca, sl, device)[None, :, None, :]
+
+
 def na_fwd(q, k, v, geom, scale):
-    scale = default_scale(scale, q.shape[-1])
-    qf, kf, vf = _flat(q), _flat(k), _flat(v)
-    out, lse = chunked_forward(_fn(kf, vf, geom, scale), qf, gathered_chunks(qf, vf, math.prod(geom[1])),
-                               (*qf.shape[:-1], v.shape[-1]), qf.shape[:-1], q.dtype, lse_dtype(q.dtype))
+    out, lse = gathered_attention(_flat(q), _flat(k), _flat(v), _idx_of(geom, q.device), math.prod(geom[1]),
+                                  default_scale(scale, q.shape[-1]))
     return out.reshape(*q.shape[:-1], v.shape[-1]), lse.reshape(q.shape[:-1])
 
 
 def na_bwd(dout, dlse, q, k, v, geom, scale):
-    scale = default_scale(scale, q.shape[-1])
-    qf, kf, vf = _flat(q), _flat(k), _flat(v)
-    dq, dk, dv = chunked_vjp(_fn(kf, vf, geom, scale), qf, [kf, vf], _flat(dout),
-                             None if dlse is None else dlse.reshape(qf.shape[:-1]),
-                             gathered_chunks(qf, vf, math.prod(geom[1])))
+    dq, dk, dv = gathered_attention_backward(
+        _flat(dout), None if dlse is None else dlse.reshape(dlse.shape[0], -1, dlse.shape[-1]), _flat(q), _flat(k),
+        _flat(v), _idx_of(geom, q.device), math.prod(geom[1]), default_scale(scale, q.shape[-1]))
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)
 
 

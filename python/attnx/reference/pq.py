@@ -34,8 +34,8 @@ __all__ = ["pq_fit", "pq_update", "pq_encode", "pq_topk", "Codebook", "fit", "up
 
 # Bound on the elements of one temporary (distances or scores): 64M (256 MB in fp32).
 CHUNK_ELEMENTS = 1 << 26
-# k-means++ initialisation runs on a random pool of at most max(INIT_POOL, 16 * C) samples.
-INIT_POOL = 4096
+# k-means++ seeding runs on a random pool of at most max(INIT_POOL, 8 * C) samples.
+INIT_POOL = 2048
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -128,7 +128,7 @@ def _init_kmeanspp(x: torch.Tensor, m: int, c: int, seed: int, cdt) -> torch.Ten
     samples than C, the remaining centroids repeat samples (drawn uniformly)."""
     n = x.shape[0]
     g = torch.Generator(device="cpu").manual_seed(int(seed))
-    pool = min(n, max(INIT_POOL, 16 * c))
+    pool = min(n, max(INIT_POOL, 8 * c))
     if pool < n:
         idx = torch.randperm(n, generator=g)[:pool].to(x.device)
         xp = x.index_select(0, idx)
@@ -191,8 +191,8 @@ def pq_fit(x: torch.Tensor, num_subspaces: int, num_centroids: int, iters: int, 
     """Fit PQ codebooks to keys x [B, L, H, D]: float32 centroids [H, M, C, D // M].
 
     For every head h and subspace m (M = num_subspaces, C = num_centroids), k-means over the
-    B * L sub-vectors x[b, l, h, m * ds:(m + 1) * ds] (ds = D // M): k-means++ seeding on a random
-    pool of at most max(4096, 16 * C) samples (torch.Generator(seed) on the CPU: deterministic),
+    B * L sub-vectors x[b, l, h, m * ds:(m + 1) * ds] (ds = D // M): greedy k-means++ seeding on a random
+    pool of at most max(2048, 8 * C) samples (torch.Generator(seed) on the CPU: deterministic),
     then ``iters`` Lloyd iterations over all samples (squared L2; a cluster that becomes empty
     keeps its previous centroid). With fewer distinct samples than C some centroids repeat.
     All (h, m) pairs are processed together as a batch; distances are computed in chunks of
@@ -289,31 +289,37 @@ def pq_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: in
     cent = centroids.detach().to(cdt)  # [H, M, C, ds]
     idx = codes.long().permute(0, 2, 3, 1)  # [B, H, M, Lk]
     qc_rows = max(1, CHUNK_ELEMENTS // max(1, h * lk))
-    j = torch.arange(lk, device=q.device)
     for bi in range(b):
         cb = idx[bi]  # [H, M, Lk]
         for s in range(0, lq, qc_rows):
             e = min(lq, s + qc_rows)
+            i = torch.arange(s, e, device=q.device)
+            # keys that some query of this chunk may see: j < w
+            w = min(lk, max(0, e - 1 + lk - lq + 1)) if causal else lk
+            if w == 0:
+                continue  # no query of the chunk sees a key: all slots stay -1
+            kk = min(k, w)
             qs = q[bi, s:e].detach().to(cdt).reshape(e - s, h, m, ds)
             lut = torch.einsum("ihmd,hmcd->hmic", qs, cent).contiguous()  # [H, M, n, C]
-            scores = torch.zeros(h, e - s, lk, dtype=cdt, device=q.device)
-            buf = torch.empty(e - s, lk, dtype=cdt, device=q.device)
+            scores = torch.empty(h, e - s, w, dtype=cdt, device=q.device)
+            buf = torch.empty(e - s, w, dtype=cdt, device=q.device)
             for hh in range(h):
-                for mm in range(m):  # scores[h, i, j] += LUT[h, m, i, codes[j, h, m]]
-                    torch.index_select(lut[hh, mm], 1, cb[hh, mm], out=buf)
+                # scores[h, i, j] = sum_m LUT[h, m, i, codes[j, h, m]], summed in m order
+                torch.index_select(lut[hh, 0], 1, cb[hh, 0, :w], out=scores[hh])
+                for mm in range(1, m):
+                    torch.index_select(lut[hh, mm], 1, cb[hh, mm, :w], out=buf)
                     scores[hh] += buf
-            i = torch.arange(s, e, device=q.device)
             if causal:
-                allowed = j.unsqueeze(0) <= (i + lk - lq).unsqueeze(1)  # [n, Lk]
-                scores = scores.masked_fill(~allowed.unsqueeze(0), float("-inf"))
-                n_allowed = (i + lk - lq + 1).clamp(min=0, max=lk)
+                limit = i + lk - lq  # last allowed key of each query
+                masked = torch.arange(w, device=q.device).unsqueeze(0) > limit.unsqueeze(1)  # [n, w]
+                scores.masked_fill_(masked.unsqueeze(0), float("-inf"))
+                n_allowed = (limit + 1).clamp(min=0, max=lk)
             else:
                 n_allowed = torch.full_like(i, lk)
-            top = torch.topk(scores, k, dim=-1, largest=True, sorted=True).indices  # [H, n, k]
-            slot = torch.arange(k, device=q.device)
-            keep = slot.unsqueeze(0) < n_allowed.unsqueeze(1)  # [n, k]
+            top = torch.topk(scores, kk, dim=-1, largest=True, sorted=True).indices  # [H, n, kk]
+            keep = torch.arange(kk, device=q.device).unsqueeze(0) < n_allowed.unsqueeze(1)  # [n, kk]
             top = torch.where(keep.unsqueeze(0), top, torch.full_like(top, -1))
-            out[bi, s:e] = top.transpose(0, 1).to(torch.int32)
+            out[bi, s:e, :, :kk] = top.transpose(0, 1).to(torch.int32)
     return out
 
 

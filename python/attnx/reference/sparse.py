@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validate as V
-from ._core import chunked_forward, chunked_vjp, default_scale, gathered_chunks, gathered_rows, lse_dtype
+from ._core import default_scale, gathered_attention, gathered_attention_backward
 
 
 def check_sparse(q, k, v, indices, *, check_values: bool = True):
@@ -31,24 +31,13 @@ def check_sparse(q, k, v, indices, *, check_values: bool = True):
             V.fail("indices", "a key listed twice for one query", "distinct keys per query (-1 may repeat)")
 
 
-def _fn(k, v, indices, scale):
-    def fn(qc, *kv_sl):
-        *kv, sl = kv_sl
-        kk, vv = kv if kv else (k, v)
-        return gathered_rows(qc, kk, vv, indices[:, sl], scale)
-    return fn
-
-
 def sparse_fwd(q, k, v, indices, scale):
-    scale = default_scale(scale, q.shape[-1])
-    return chunked_forward(_fn(k, v, indices, scale), q, gathered_chunks(q, v, indices.shape[-1]),
-                           (*q.shape[:-1], v.shape[-1]), q.shape[:-1], q.dtype, lse_dtype(q.dtype))
+    return gathered_attention(q, k, v, lambda sl: indices[:, sl], indices.shape[-1], default_scale(scale, q.shape[-1]))
 
 
 def sparse_bwd(dout, dlse, q, k, v, indices, scale):
-    scale = default_scale(scale, q.shape[-1])
-    return chunked_vjp(_fn(k, v, indices, scale), q, [k, v], dout, dlse,
-                       gathered_chunks(q, v, indices.shape[-1]))
+    return gathered_attention_backward(dout, dlse, q, k, v, lambda sl: indices[:, sl], indices.shape[-1],
+                                       default_scale(scale, q.shape[-1]))
 
 
 class _SparseRef(torch.autograd.Function):
