@@ -15,10 +15,12 @@ import sys
 import pytest
 import torch
 
-# Make `import attnx` work from a plain checkout (the same as PYTHONPATH=python).
-_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
-if _PY not in sys.path:
-    sys.path.insert(0, _PY)
+# Tests import the installed attnx (README: `pip install --no-build-isolation .`); from a plain
+# checkout without an install, fall back to the source tree (the same as PYTHONPATH=python).
+try:
+    import attnx  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -116,3 +118,28 @@ def names_arg(msg: str, *names: str) -> bool:
 
 def default_scale(d: int) -> float:
     return 1.0 / math.sqrt(d)
+
+
+def force_small_chunks(monkeypatch, elements: int = 48):
+    """Make the references split queries into many tiny chunks (exercises chunk boundaries).
+
+    Relies on attnx.reference._core.CHUNK_ELEMENTS (the references' temporary-size bound); the
+    calling test is skipped if that knob no longer exists."""
+    core = pytest.importorskip("attnx.reference._core")
+    if not hasattr(core, "CHUNK_ELEMENTS"):
+        pytest.skip("attnx.reference._core.CHUNK_ELEMENTS is gone")
+    monkeypatch.setattr(core, "CHUNK_ELEMENTS", elements)
+
+
+def fwd_bwd(f, inputs, seed=1):
+    """out, lse and the gradients of (out, lse) w.r.t. inputs for random cotangents (lse's
+    cotangent is zero on empty rows)."""
+    xs = [x.detach().clone().requires_grad_(True) for x in inputs]
+    out, lse = f(*xs)
+    g = torch.Generator().manual_seed(seed)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    gl = torch.randn(lse.shape, generator=g, dtype=torch.float64).to(lse.dtype)
+    lse_safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    grads = torch.autograd.grad([out, lse_safe], xs, [go, gl], allow_unused=True)
+    grads = [torch.zeros_like(x) if gr is None else gr for x, gr in zip(xs, grads)]
+    return out.detach(), lse.detach(), grads

@@ -14,7 +14,7 @@ import torch
 
 import attnx
 import attnx.reference
-from conftest import TOL, assert_close, naive_rows
+from conftest import TOL, assert_close, force_small_chunks, naive_rows
 
 IMPLS = ["reference", "api"]
 PAGE = 64
@@ -152,6 +152,38 @@ def test_mla_metadata(which, seqlens, sq, Hq):
 
 
 @pytest.mark.parametrize("which", IMPLS)
+@pytest.mark.parametrize("seqlens,Hq", [([70, 1, 128, 200], 16), ([0, 5, 4000, 0, 64], 128), ([64], 1),
+                                        ([1000] * 7 + [5] * 50, 128)])
+def test_mla_metadata_layout(which, seqlens, Hq):
+    """docs/design-decisions.md: row p = (begin_seq, begin_token, end_seq, end_token, first_split_slot,
+    0, 0, 0); the parts are contiguous and cover the whole (sequence, page) work list in order;
+    num_splits is the prefix sum of the number of splits (parts touching a sequence) per sequence."""
+    B = len(seqlens)
+    meta = impl(which, "mla_decode_metadata")(torch.tensor(seqlens, dtype=torch.int32), Hq)
+    rows = meta.tile_scheduler_metadata.tolist()
+    ns = meta.num_splits.tolist()
+    assert (rows[0][0], rows[0][1], rows[0][4]) == (0, 0, 0)
+    assert (rows[-1][2], rows[-1][3]) == (B, 0), "the last part must end after the last sequence"
+    touches = [0] * B
+    slot = 0
+    for p, (bs, bt, es, et, first, *pad) in enumerate(rows):
+        assert pad == [0, 0, 0]
+        assert (bs, bt) <= (es, et), f"part {p} runs backwards"
+        if p + 1 < len(rows):
+            assert (es, et) == tuple(rows[p + 1][:2]), f"part {p} does not end where part {p + 1} begins"
+        assert bt % PAGE == 0 and et % PAGE == 0, "parts are cut at page boundaries"
+        if bs < B:
+            assert bt < max(seqlens[bs], 1) or bt == 0
+        assert first == slot, f"part {p}: first_split_slot {first}, expected {slot}"
+        seqs = list(range(bs, es)) + ([es] if et > 0 else [])
+        for b in seqs:
+            touches[b] += 1
+        slot += len(seqs)
+    assert all(t >= 1 for t in touches), "every sequence is covered by some part"
+    assert ns == [sum(touches[:b]) for b in range(B + 1)]
+
+
+@pytest.mark.parametrize("which", IMPLS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_mla_metadata_does_not_change_results(which, causal):
     seqlens, sq, Hq, Dqk, Dv = [70, 0, 129, 300], 2, 4, 72, 64
@@ -165,3 +197,15 @@ def test_mla_metadata_does_not_change_results(which, causal):
     assert_close(l2, l1, 1e-12, "lse")
     out_ref, _ = naive_mla(q, kv, table, lens, Dv, causal=causal)
     assert_close(o2, out_ref, 1e-10)
+
+
+@pytest.mark.parametrize("which", IMPLS)
+def test_mla_chunked(which, monkeypatch):
+    seqlens, sq, Hq, Dqk, Dv = [70, 3, 130], 3, 4, 72, 64
+    kv, table, lens = make_cache(seqlens, 1, Dqk)
+    q = torch.randn(len(seqlens), sq, Hq, Dqk, dtype=torch.float64)
+    force_small_chunks(monkeypatch, 256)
+    out, lse = impl(which, "mla_decode")(q, kv, table, lens, head_dim_v=Dv, causal=True)
+    out_ref, lse_ref = naive_mla(q, kv, table, lens, Dv, causal=True)
+    assert_close(out, out_ref, 1e-10)
+    assert_close(lse, lse_ref, 1e-10, "lse")

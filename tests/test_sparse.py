@@ -10,7 +10,7 @@ import torch
 
 import attnx
 import attnx.reference
-from conftest import TOL, assert_close, default_scale, naive_rows
+from conftest import TOL, assert_close, default_scale, force_small_chunks, fwd_bwd, naive_rows
 
 IMPLS = ["reference", "api"]
 
@@ -142,3 +142,18 @@ def test_sparse_gradcheck(which):
     idx2 = idx.clone()
     idx2[0, 1, 0] = -1
     assert torch.autograd.gradcheck(lambda q, k, v: f(q, k, v, idx2), (q, k, v))
+
+
+@pytest.mark.parametrize("which", IMPLS)
+def test_sparse_chunked(which, monkeypatch):
+    q, k, v = rand(2, 9, 2, 4), rand(2, 7, 2, 4), rand(2, 7, 2, 4)
+    indices = random_indices(2, 9, 2, 7, 4)
+    f = lambda q, k, v: impl(which, "sparse_attention")(q, k, v, indices, return_lse=True)  # noqa: E731
+    out0, lse0, g0 = fwd_bwd(f, (q, k, v))
+    force_small_chunks(monkeypatch, 64)
+    out, lse, g = fwd_bwd(f, (q, k, v))
+    out_ref, lse_ref = naive_sparse(q, k, v, indices)
+    assert_close(out, out_ref, 1e-10)
+    assert_close(lse, lse_ref, 1e-10, "lse")
+    for a, b, n in zip(g, g0, ("dq", "dk", "dv")):
+        assert_close(a, b, 1e-10, n)

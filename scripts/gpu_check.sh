@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Everything that needs the GPU machine, in one command, ending with a one-screen summary:
+#   1. the native library: use python/attnx/libattnx_ops.so when it loads (built elsewhere and
+#      carried), else build it here (needs nvidia-cutlass: carried wheels under .whl/ are installed);
+#   2. the test suite (GPU tests included);
+#   3. compute-sanitizer memcheck on small cases of every native kernel (via Python and bench/cpp);
+#   4. a bench smoke run (bench CLI + the C++ microbenchmark).
+# Logs go to $OUT (the device tool's output folder) or ./gpu_check_out.
+#   scripts/gpu_check.sh [--no-bench] [--bench-args "..."]
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+BENCH=1
+BENCH_ARGS="--quick"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-bench) BENCH=0 ;;
+    --bench-args) BENCH_ARGS="$2"; shift ;;
+  esac
+  shift
+done
+declare -a SUMMARY
+note() { SUMMARY+=("$1"); echo "== $1"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+note "gpu: $(cat "$OUT/gpu.txt") | torch $(python3 -c 'import torch; print(torch.__version__)')"
+
+# 1. native library
+if ! python3 -c "import attnx, sys; sys.exit(0 if attnx.info()['native_library'] else 1)" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/attnx_site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/attnx_site
+  fi
+  t0=$(date +%s)
+  (cmake -S . -B build/native -G Ninja -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" -DPython3_EXECUTABLE="$(command -v python3)" \
+     && cmake --build build/native --parallel "${MAX_JOBS:-16}" && cp build/native/libattnx_ops.so python/attnx/) > "$OUT/build.log" 2>&1
+  note "build: rc=$? in $(( $(date +%s) - t0 )) s (log build.log)"
+fi
+python3 -c "import attnx, json; i = attnx.info(); print(json.dumps(i, indent=1, default=str))" > "$OUT/info.json" 2>&1
+note "native: $(python3 -c "import attnx; i = attnx.info(); print(i['native_library'] and 'loaded', i['native_instances'], i['native_error'] or '')" 2>&1 | tail -1)"
+
+# 2. tests
+python3 -m pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
+note "pytest: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py > "$OUT/pytest_gpu.log" 2>&1
+note "pytest GPU kernels: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest_gpu.log" | tail -1)"
+
+# 3. sanitizer
+if command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 --kernel-name kns=fmha python3 scripts/sanitize_cases.py \
+    > "$OUT/memcheck_py.log" 2>&1
+  note "memcheck (python, attnx kernels): rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_py.log" | tail -1)"
+  if [ -x build/native/attnx_bench ]; then
+    compute-sanitizer --tool memcheck --error-exitcode 9 build/native/attnx_bench --batch 1 --seqlen 333 --heads 3 --heads-k 1 \
+      --causal --warmup 1 --iters 1 > "$OUT/memcheck_cpp.log" 2>&1
+    note "memcheck (bench/cpp): rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_cpp.log" | tail -1)"
+  fi
+else
+  note "memcheck: compute-sanitizer not found"
+fi
+
+# 4. bench smoke
+if [ "$BENCH" = 1 ]; then
+  if [ -x build/native/attnx_bench ]; then
+    for args in "--seqlen 8192 --dim 128" "--seqlen 8192 --dim 128 --causal" "--seqlen 8192 --dim 64"; do
+      build/native/attnx_bench --batch 4 --heads 16 $args >> "$OUT/bench_cpp.log" 2>&1
+    done
+    while read -r line; do note "bench/cpp: $line"; done < <(grep median "$OUT/bench_cpp.log")
+  fi
+  python3 -m attnx bench $BENCH_ARGS --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+  note "bench CLI: rc=$? (table in bench.log)"
+fi
+
+echo
+echo "================ gpu_check summary ================"
+printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
+[ -f "$OUT/bench.log" ] && tail -40 "$OUT/bench.log"
