@@ -225,6 +225,9 @@ BS_CASES = {
     "index-float": (dict(index=torch.zeros(1, 2, 2, 1)), ("kv_block_index",)),
     "index-int16": (dict(index=torch.zeros(1, 2, 2, 1, dtype=torch.int16)), ("kv_block_index",)),
     "count-float": (dict(count=torch.ones(1, 2, 2)), ("kv_block_count",)),
+    # the contract (docs/design-decisions.md) says int32, as for cu_seqlens (where int64 is rejected)
+    "index-int64": (dict(index=torch.zeros(1, 2, 2, 1, dtype=torch.int64)), ("kv_block_index",)),
+    "count-int64": (dict(count=torch.ones(1, 2, 2, dtype=torch.int64)), ("kv_block_count",)),
     "index-rank3": (dict(index=torch.zeros(2, 2, 1, dtype=torch.int32)), ("kv_block_index",)),
     "index-wrong-num-tiles": (dict(index=torch.zeros(1, 2, 3, 1, dtype=torch.int32),
                                    count=torch.ones(1, 2, 3, dtype=torch.int32)), ("kv_block_index",)),
@@ -318,6 +321,8 @@ def sp_call(which, *, indices=None, q=None, k=None):
 SPARSE_CASES = {
     "indices-float": (dict(indices=torch.zeros(1, 3, 2, 2)), ("indices",)),
     "indices-int16": (dict(indices=torch.zeros(1, 3, 2, 2, dtype=torch.int16)), ("indices",)),
+    # DESIGN.md / design-decisions.md: indices int32
+    "indices-int64": (dict(indices=torch.zeros(1, 3, 2, 2, dtype=torch.int64)), ("indices",)),
     "indices-rank3": (dict(indices=torch.zeros(1, 3, 2, dtype=torch.int32)), ("indices",)),
     "indices-shape-mismatch": (dict(indices=torch.zeros(1, 4, 2, 2, dtype=torch.int32)), ("indices",)),
     "indices-heads-mismatch": (dict(indices=torch.zeros(1, 3, 1, 2, dtype=torch.int32)), ("indices",)),

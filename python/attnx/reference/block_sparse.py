@@ -23,8 +23,8 @@ def check_block_sparse(q, k, v, index, count, q_block, kv_block, *, check_values
     b, lq, h = q.shape[:3]
     n_q_tiles = -(-lq // q_block)
     n_kv_tiles = -(-k.shape[1] // kv_block)
-    V.tensor("kv_block_index", index, ndim=4, dtypes=(torch.int32, torch.int64))
-    V.tensor("kv_block_count", count, ndim=3, dtypes=(torch.int32, torch.int64))
+    V.tensor("kv_block_index", index, ndim=4, dtypes=(torch.int32,))
+    V.tensor("kv_block_count", count, ndim=3, dtypes=(torch.int32,))
     if index.shape[0] not in (1, b) or index.shape[1] not in (1, h) or index.shape[2] != n_q_tiles:
         V.fail("kv_block_index", f"shape {tuple(index.shape)}", f"[B|1, H|1, num_q_tiles, max_count] with B={b}, H={h}, num_q_tiles={n_q_tiles}")
     if tuple(count.shape) != tuple(index.shape[:3]):

@@ -16,7 +16,7 @@ def check_sparse(q, k, v, indices, *, check_values: bool = True):
     V.qkv(q, k, v, q_ndim=4)
     if q.shape[0] != k.shape[0]:
         V.fail("k", f"batch {k.shape[0]}", f"the batch of 'q' ({q.shape[0]})")
-    V.tensor("indices", indices, ndim=4, dtypes=(torch.int32, torch.int64))
+    V.tensor("indices", indices, ndim=4, dtypes=(torch.int32,))
     if tuple(indices.shape[:3]) != tuple(q.shape[:3]):
         V.fail("indices", f"shape {tuple(indices.shape)}", f"[B, Lq, H, k] with [B, Lq, H] = {tuple(q.shape[:3])}")
     if indices.device != q.device:
