@@ -15,6 +15,7 @@ softmax over exactly those keys. Requires k * d <= n and 1 <= s <= k on every ax
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -23,21 +24,29 @@ from .. import _validate as V
 from ._core import default_scale, gathered_attention, gathered_attention_backward
 
 
+@functools.lru_cache(maxsize=64)
+def _axis_neighbors_cpu(n: int, k: int, d: int, s: int, causal: bool) -> torch.Tensor:
+    p = torch.arange(n)
+    r, i = p % d, p // d
+    n_r = (n - r + d - 1) // d  # length of p's dilation group
+    t = torch.arange(k)
+    if causal:
+        lead = torch.minimum((i // s) * s + s - 1, n_r - 1)
+        j = (lead - k + 1)[:, None] + t  # keys lead - k < j <= i
+        valid = (j >= 0) & (j <= i[:, None])
+    else:
+        lead = torch.minimum((i // s) * s + s // 2, n_r - 1)
+        start = torch.clamp(lead - k // 2, min=0)
+        start = torch.minimum(start, n_r - k)  # shifted, not clipped, at the end of the group
+        j = start[:, None] + t
+        valid = torch.ones_like(j, dtype=torch.bool)
+    return torch.where(valid, r[:, None] + j * d, torch.full_like(j, -1))
+
+
 def axis_neighbors(n: int, k: int, d: int = 1, s: int = 1, causal: bool = False, device=None) -> torch.Tensor:
-    """[n, k] int64: for each position on the axis, its k key positions (-1 = none)."""
-    out = torch.full((n, k), -1, dtype=torch.int64)
-    for p in range(n):
-        r, i = p % d, p // d
-        n_r = len(range(r, n, d))
-        if causal:
-            lead = min((i // s) * s + s - 1, n_r - 1)
-            js = list(range(max(0, lead - k + 1), i + 1))
-        else:
-            lead = min((i // s) * s + s // 2, n_r - 1)
-            start = min(max(lead - k // 2, 0), n_r - k)
-            js = list(range(start, start + k))
-        out[p, : len(js)] = torch.tensor([r + j * d for j in js], dtype=torch.int64)
-    return out.to(device) if device is not None else out
+    """[n, k] int64: for each position on the axis, its key positions (-1 = empty slot)."""
+    out = _axis_neighbors_cpu(int(n), int(k), int(d), int(s), bool(causal))
+    return out.to(device) if device is not None else out.clone()
 
 
 def normalize_na_args(q, kernel_size, dilation, stride, is_causal):

@@ -1,0 +1,509 @@
+"""The benchmark cases: one function per family, each returning [Case] for the run's mode.
+
+Modes: "full" (GPU defaults), "quick" (GPU, smaller), "cpu" and "cpu-quick" (references only,
+small sizes, float32). Building a case allocates nothing on the device: inputs are made by
+``Case.make_set`` when the case runs.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+import attnx
+
+from . import peers as P
+from .common import (Case, Ctx, Impl, attention_flops, causal_pairs, gathered_ref_seconds, last_batch_heads,
+                     randn)
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _attnx_impl(ctx: Ctx, run, kernel, *, ref_seconds: float = 0.0, output=None, note: str = "") -> Impl:
+    """attnx's own entry point. On the CPU it runs the reference (by design), so it is named so."""
+    return Impl(name="attnx" if ctx.cuda else "reference", kind="attnx", run=run,
+                kernel=kernel if ctx.cuda else "reference", ref_seconds=ref_seconds, output=output, note=note)
+
+
+def _check_heads(ctx: Ctx, heads: int, cheap: bool) -> int:
+    """Heads kept in the check subset: all when the reference is cheap, else the last two."""
+    return heads if (cheap or not ctx.cuda) else min(heads, 2)
+
+
+def _na_host_per_chunk(spatial, kernel) -> float:
+    """Host time per query chunk of attnx.reference.neighborhood_attention (builds per-axis tables in Python)."""
+    return sum(n * (35e-6 + 0.2e-6 * k) for n, k in zip(spatial, kernel))
+
+
+def _fmt_axes(x) -> str:
+    return "x".join(str(v) for v in x)
+
+
+def _tup(x, rank):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,) * rank
+
+
+# ----------------------------------------------------------------------------------------------
+# dense
+# ----------------------------------------------------------------------------------------------
+DENSE = {
+    "full": [(4, 8192, 16, 128), (4, 8192, 16, 64)],
+    "quick": [(2, 2048, 16, 128), (2, 2048, 16, 64)],
+    "cpu": [(1, 256, 2, 64)],
+    "cpu-quick": [(1, 128, 2, 64)],
+}
+
+
+def dense(ctx: Ctx) -> list:
+    cases = []
+    for (b, l, h, d), causal in itertools.product(DENSE[ctx.mode], (False, True)):
+        cases.append(_dense_case(ctx, b, l, h, d, causal))
+    return cases
+
+
+def _dense_case(ctx, b, l, h, d, causal):
+    pairs = causal_pairs(l, l) if causal else l * l
+
+    def make_set(i):
+        return {"q": randn((b, l, h, d), ctx), "k": randn((b, l, h, d), ctx), "v": randn((b, l, h, d), ctx)}
+
+    def run(s):
+        return attnx.attention(s["q"], s["k"], s["v"], causal=causal)
+
+    def kernel(s):
+        return "native" if attnx._native.covers("attention", s["q"], s["k"], s["v"]) else "reference"
+
+    def expected(s):
+        return attnx.reference.attention(s["q"][-1:], s["k"][-1:], s["v"][-1:], causal=causal)
+
+    def impls():
+        return [_attnx_impl(ctx, run, kernel)] + P.sdpa_peers(ctx, causal=causal)
+
+    return Case(family="dense", name=f"B{b} L{l} H{h} D{d}{' causal' if causal else ''}", make_set=make_set,
+                impls=impls, set_bytes=3 * b * l * h * d * ctx.dtype.itemsize, expected=expected,
+                subset=lambda o: o[-1:], flops=attention_flops(b, h, d, pairs), dtype=ctx.dtype,
+                params={"B": b, "L": l, "H": h, "D": d, "causal": causal, "attended_pairs": pairs})
+
+
+# ----------------------------------------------------------------------------------------------
+# varlen
+# ----------------------------------------------------------------------------------------------
+VARLEN = {  # (number of sequences, max length, H, D)
+    "full": (32, 4096, 16, 128),
+    "quick": (8, 1024, 16, 128),
+    "cpu": (4, 256, 2, 64),
+    "cpu-quick": (3, 128, 2, 64),
+}
+
+
+def varlen_lengths(n: int, max_len: int, seed: int = 0) -> list:
+    """n lengths uniform in [0.2, 1] * max_len (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    frac = 0.2 + 0.8 * torch.rand(n, generator=g, dtype=torch.float64)
+    return [max(1, int(round(f * max_len))) for f in frac.tolist()]
+
+
+def varlen(ctx: Ctx) -> list:
+    n, max_len, h, d = VARLEN[ctx.mode]
+    lens = varlen_lengths(n, max_len)
+    return [_varlen_case(ctx, lens, max_len, h, d, causal) for causal in (False, True)]
+
+
+def _varlen_case(ctx, lens, nominal_max, h, d, causal):
+    total = sum(lens)
+    cu_list = [0] + list(itertools.accumulate(lens))
+    max_len = max(lens)
+    pairs = sum((l * (l + 1)) // 2 if causal else l * l for l in lens)
+
+    def make_set(i):
+        return {"q": randn((total, h, d), ctx), "k": randn((total, h, d), ctx), "v": randn((total, h, d), ctx),
+                "cu": torch.tensor(cu_list, dtype=torch.int32, device=ctx.device), "max_len": max_len}
+
+    def run(s):
+        return attnx.varlen_attention(s["q"], s["k"], s["v"], s["cu"], s["cu"], s["max_len"], s["max_len"],
+                                      causal=causal)
+
+    def expected(s):
+        return attnx.reference.varlen_attention(s["q"], s["k"], s["v"], s["cu"], s["cu"], s["max_len"],
+                                                s["max_len"], causal=causal)
+
+    padded = -(-total // 128) * 128  # flex runs on a multiple of its block; the padding is its own "sequence"
+
+    def doc_mask(s):
+        ids = torch.repeat_interleave(torch.arange(len(lens), device=ctx.device, dtype=torch.int32),
+                                      torch.tensor(lens, device=ctx.device))
+        ids = torch.cat([ids, torch.full((padded - total,), len(lens), dtype=torch.int32, device=ctx.device)])
+        return P.document_mask_mod(ids, causal)
+
+    def impls():
+        out = [_attnx_impl(ctx, run, lambda s: ctx.op_status("varlen_attention"))]
+        if ctx.cuda:
+            out.append(P.varlen_attn_peer(ctx, causal=causal))
+        out.append(P.flex_peer(ctx, doc_mask, tokens=total, packed=True, padded_tokens=padded,
+                               name="flex (document mask)"))
+        return out
+
+    return Case(family="varlen", name=f"{len(lens)} seqs of [0.2,1]*{nominal_max} (T={total}) H{h} D{d}"
+                f"{' causal' if causal else ''}",
+                make_set=make_set, impls=impls, set_bytes=3 * total * h * d * ctx.dtype.itemsize, expected=expected,
+                flops=attention_flops(1, h, d, pairs), dtype=ctx.dtype,
+                params={"num_seqs": len(lens), "lengths": lens, "total_tokens": total, "H": h, "D": d,
+                        "causal": causal, "attended_pairs": pairs})
+
+
+# ----------------------------------------------------------------------------------------------
+# neighborhood (and strided NA for gna)
+# ----------------------------------------------------------------------------------------------
+NA = {  # (spatial, kernel_size), B, H, D
+    "full": ([((128, 128), (31, 31)), ((16, 64, 64), (8, 16, 16)), ((32768,), (2049,))], 1, 16, 128),
+    "quick": ([((64, 64), (15, 15)), ((8, 16, 16), (4, 8, 8)), ((2048,), (129,))], 1, 16, 128),
+    "cpu": ([((16, 16), (7, 7)), ((4, 8, 8), (3, 5, 5)), ((256,), (33,))], 1, 2, 64),
+    "cpu-quick": ([((12, 12), (5, 5)), ((128,), (17,))], 1, 2, 64),
+}
+
+
+def neighborhood(ctx: Ctx) -> list:
+    cfgs, b, h, d = NA[ctx.mode]
+    return [_na_case(ctx, "neighborhood", spatial, ks, 1, b, h, d) for spatial, ks in cfgs]
+
+
+def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
+    rank = len(spatial)
+    kernel, stride, causal_t = _tup(kernel, rank), _tup(stride, rank), _tup(causal, rank)
+    dil = (1,) * rank
+    tokens = math.prod(spatial)
+    keys = math.prod(kernel)
+    sb = attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal_t)
+    pairs = sb["attended_pairs"]
+    hc = _check_heads(ctx, h, cheap=False)
+    host = _na_host_per_chunk(spatial, kernel)
+    ref_full = gathered_ref_seconds(b, tokens, tokens, h, keys, d, d, host, ctx.cuda)
+    ref_check = gathered_ref_seconds(1, tokens, tokens, hc, keys, d, d, host, ctx.cuda)
+    kw = {"stride": stride, "is_causal": causal_t}
+
+    def make_set(i):
+        shape = (b, *spatial, h, d)
+        return {"q": randn(shape, ctx), "k": randn(shape, ctx), "v": randn(shape, ctx)}
+
+    def run(s):
+        return attnx.neighborhood_attention(s["q"], s["k"], s["v"], kernel, **kw)
+
+    def expected(s):
+        q, k, v = (last_batch_heads(s[n], hc) for n in "qkv")
+        return attnx.reference.neighborhood_attention(q, k, v, kernel, **kw)
+
+    def impls():
+        return [_attnx_impl(ctx, run, lambda s: ctx.op_status("neighborhood_attention"), ref_seconds=ref_full),
+                P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
+                            spatial=spatial, name="flex (NA mask)")]
+
+    name = f"{rank}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)}"
+    if any(s > 1 for s in stride):
+        name += f" s{_fmt_axes(stride)}"
+    if any(causal_t):
+        name += " causal"
+    name += f" H{h} D{d}" + (f" B{b}" if b > 1 else "")
+    note = ""
+    if family == "gna":
+        note = (f"GNA bound {sb['speedup_bound']:.2f}x (FLOP {sb['flop_speedup']:.2f}x), "
+                f"tile util {100 * sb['tile_utilization']:.0f}%")
+    return Case(family=family, name=name, make_set=make_set, impls=impls,
+                set_bytes=3 * b * tokens * h * d * ctx.dtype.itemsize, expected=expected,
+                subset=lambda o: o[-1:, ..., h - hc:, :], check_ref_seconds=ref_check,
+                flops=attention_flops(b, h, d, pairs), dtype=ctx.dtype, note=note,
+                params={"B": b, "spatial": spatial, "kernel_size": kernel, "stride": stride, "causal": causal_t,
+                        "H": h, "D": d, "attended_pairs": pairs, "check_heads": hc,
+                        "reference_estimate_s": round(ref_full, 2)})
+
+
+# ----------------------------------------------------------------------------------------------
+# gna: strided NA and block-sparse attention over a GNA tile plan
+# ----------------------------------------------------------------------------------------------
+GNA = {  # strided NA: (spatial, kernel, stride); block-sparse: (spatial, kernel, stride, tile); B, H, D
+    "full": ([((128, 128), (32, 32), (16, 16))],
+             [((128, 128), (32, 32), (16, 16), (16, 8)), ((8, 64, 64), (8, 16, 16), (8, 16, 16), (4, 4, 8))],
+             1, 16, 128),
+    "quick": ([((64, 64), (16, 16), (8, 8))],
+              [((64, 64), (16, 16), (8, 8), (16, 8)), ((8, 16, 32), (4, 8, 8), (4, 8, 8), (4, 4, 8))],
+              1, 16, 128),
+    "cpu": ([((16, 16), (8, 8), (4, 4))],
+            [((16, 16), (8, 8), (4, 4), (4, 4)), ((4, 8, 8), (2, 4, 4), (2, 4, 4), (2, 2, 4))], 1, 2, 64),
+    "cpu-quick": ([((16, 16), (8, 8), (4, 4))], [((16, 16), (8, 8), (4, 4), (4, 4))], 1, 2, 64),
+}
+
+
+def gna_plan(spatial, kernel, stride, tile, causal=None):
+    """Block-sparse plan of a (dilation-1) GNA config with the same tile shape for Q and KV.
+
+    Tokens are taken in tile-major order (tile t = tokens [t * T, (t + 1) * T), tiles row-major over
+    the tile grid). Per axis, the keys of the queries of a tile form one range, so the KV tiles a
+    Q tile visits are a Cartesian product of per-axis tile ranges. Returns (kv_block_index int32
+    [num_tiles, max_count], kv_block_count int32 [num_tiles], allowed bool [num_tiles, num_tiles]).
+    """
+    rank = len(spatial)
+    causal = _tup(False if causal is None else causal, rank)
+    ranges = []
+    for n, k, s, t, c in zip(spatial, kernel, stride, tile, causal):
+        if n % t:
+            raise ValueError(f"tile {tile} does not divide spatial {spatial}")
+        _, start, end = attnx.gna.axis_neighborhoods(n, k, 1, s, c)
+        ranges.append([range(int(start[i:i + t].min()) // t, int(end[i:i + t].max()) // t + 1)
+                       for i in range(0, n, t)])
+    grid = [n // t for n, t in zip(spatial, tile)]
+    rows = []
+    for coords in itertools.product(*[range(g) for g in grid]):
+        per_axis = [ranges[a][coords[a]] for a in range(rank)]
+        rows.append([int(np.ravel_multi_index(kc, grid)) for kc in itertools.product(*per_axis)])
+    nt = len(rows)
+    max_count = max(len(r) for r in rows)
+    index = np.zeros((nt, max_count), dtype=np.int32)
+    count = np.zeros((nt,), dtype=np.int32)
+    allowed = np.zeros((nt, nt), dtype=bool)
+    for t, r in enumerate(rows):
+        index[t, : len(r)] = r
+        count[t] = len(r)
+        allowed[t, r] = True
+    return index, count, allowed
+
+
+def gna(ctx: Ctx) -> list:
+    strided, blocks, b, h, d = GNA[ctx.mode]
+    cases = [_na_case(ctx, "gna", sp, ks, st, b, h, d) for sp, ks, st in strided]
+    cases += [_block_sparse_case(ctx, sp, ks, st, tile, b, h, d) for sp, ks, st, tile in blocks]
+    return cases
+
+
+def _block_sparse_case(ctx, spatial, kernel, stride, tile, b, h, d):
+    index_np, count_np, allowed_np = gna_plan(spatial, kernel, stride, tile)
+    tokens = math.prod(spatial)
+    block = math.prod(tile)
+    nt = index_np.shape[0]
+    visited_pairs = int(count_np.sum()) * block * block
+    sb = attnx.gna.speedup_bound(spatial, kernel, stride, 1, False, q_tile=tile, kv_tile=tile)
+    hc = _check_heads(ctx, h, cheap=False)
+    keys = index_np.shape[1] * block
+    ref_full = gathered_ref_seconds(b, tokens, tokens, h, keys, d, d, 3e-4, ctx.cuda)
+    ref_check = gathered_ref_seconds(1, tokens, tokens, hc, keys, d, d, 3e-4, ctx.cuda)
+    plan = {}
+
+    def tables():
+        if not plan:
+            plan["index"] = torch.from_numpy(index_np).to(ctx.device).view(1, 1, nt, -1)
+            plan["count"] = torch.from_numpy(count_np).to(ctx.device).view(1, 1, nt)
+        return plan["index"], plan["count"]
+
+    def make_set(i):
+        index, count = tables()
+        shape = (b, tokens, h, d)
+        return {"q": randn(shape, ctx), "k": randn(shape, ctx), "v": randn(shape, ctx), "index": index,
+                "count": count}
+
+    def run(s):
+        return attnx.block_sparse_attention(s["q"], s["k"], s["v"], s["index"], s["count"], q_block=block,
+                                            kv_block=block)
+
+    def expected(s):
+        q, k, v = (last_batch_heads(s[n], hc) for n in "qkv")
+        return attnx.reference.block_sparse_attention(q, k, v, s["index"], s["count"], q_block=block, kv_block=block)
+
+    def tile_mask(s):
+        allowed = torch.from_numpy(allowed_np.reshape(-1)).to(ctx.device)
+        return P.tile_mask_mod(allowed, nt, block, block)
+
+    def impls():
+        return [_attnx_impl(ctx, run, lambda s: ctx.op_status("block_sparse_attention"), ref_seconds=ref_full),
+                P.flex_peer(ctx, tile_mask, tokens=tokens, block=block, name="flex (tile mask)")]
+
+    name = (f"block-sparse {len(spatial)}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)} s{_fmt_axes(stride)} "
+            f"tile {_fmt_axes(tile)} H{h} D{d}")
+    note = (f"{sb['kv_tiles_per_q_tile']:.1f} of {nt} KV tiles per Q tile; as NA: bound {sb['speedup_bound']:.2f}x, "
+            f"tile util {100 * sb['tile_utilization']:.0f}%")
+    return Case(family="gna", name=name, make_set=make_set, impls=impls,
+                set_bytes=3 * b * tokens * h * d * ctx.dtype.itemsize, expected=expected,
+                subset=lambda o: o[-1:, :, h - hc:, :], check_ref_seconds=ref_check,
+                flops=attention_flops(b, h, d, visited_pairs), dtype=ctx.dtype, note=note,
+                params={"B": b, "spatial": spatial, "kernel_size": kernel, "stride": stride, "tile": tile,
+                        "block": block, "H": h, "D": d, "visited_kv_tiles": int(count_np.sum()),
+                        "attended_pairs": visited_pairs, "na_attended_pairs": sb["attended_pairs"],
+                        "plan_matches_simulator": int(count_np.sum()) == sb["visited_kv_tiles"],
+                        "check_heads": hc, "reference_estimate_s": round(ref_full, 2)})
+
+
+# ----------------------------------------------------------------------------------------------
+# mla
+# ----------------------------------------------------------------------------------------------
+MLA = {  # B, cache length, [Hq], s_q
+    "full": (64, 4096, (16, 64), 1),
+    "quick": (16, 1024, (16, 64), 1),
+    "cpu": (2, 256, (16,), 1),
+    "cpu-quick": (2, 128, (16,), 1),
+}
+MLA_PAGE, MLA_DQK, MLA_DV, MLA_HK = 64, 576, 512, 1
+
+
+def mla(ctx: Ctx) -> list:
+    b, n, hqs, sq = MLA[ctx.mode]
+    return [_mla_case(ctx, b, n, hq, sq) for hq in hqs]
+
+
+def _mla_case(ctx, b, n, hq, sq):
+    pages = -(-n // MLA_PAGE)
+    num_blocks = b * pages
+    nb = min(b, 8)
+    item = ctx.dtype.itemsize
+    cache_bytes = b * n * MLA_HK * MLA_DQK * item
+    io_bytes = b * sq * hq * (MLA_DQK + MLA_DV) * item
+
+    def make_set(i):
+        seqlens = torch.full((b,), n, dtype=torch.int32, device=ctx.device)
+        s = {"q": randn((b, sq, hq, MLA_DQK), ctx),
+             "kv_cache": randn((num_blocks, MLA_PAGE, MLA_HK, MLA_DQK), ctx),
+             "block_table": torch.randperm(num_blocks, device=ctx.device).to(torch.int32).view(b, pages),
+             "cache_seqlens": seqlens}
+        s["metadata"] = attnx.mla_decode_metadata(seqlens, hq, MLA_HK, sq)
+        return s
+
+    def run(s):
+        return attnx.mla_decode(s["q"], s["kv_cache"], s["block_table"], s["cache_seqlens"], head_dim_v=MLA_DV,
+                                metadata=s["metadata"])
+
+    def expected(s):
+        return attnx.reference.mla_decode(s["q"][-nb:], s["kv_cache"], s["block_table"][-nb:],
+                                          s["cache_seqlens"][-nb:], head_dim_v=MLA_DV)[0]
+
+    def impls():
+        return [_attnx_impl(ctx, run, lambda s: ctx.op_status("mla_decode"), output=lambda o: o[0]),
+                P.torch_mla_peer(ctx, MLA_DV)]
+
+    return Case(family="mla", name=f"B{b} cache {n} Hq{hq} s_q{sq} page {MLA_PAGE} {MLA_DQK}/{MLA_DV}",
+                make_set=make_set, impls=impls, set_bytes=num_blocks * MLA_PAGE * MLA_HK * MLA_DQK * item + io_bytes,
+                expected=expected, subset=lambda o: o[-nb:],
+                flops=2.0 * b * sq * hq * n * (MLA_DQK + MLA_DV), nbytes=cache_bytes + io_bytes, dtype=ctx.dtype,
+                params={"B": b, "cache_len": n, "Hq": hq, "Hk": MLA_HK, "s_q": sq, "page": MLA_PAGE,
+                        "d_qk": MLA_DQK, "d_v": MLA_DV, "cache_bytes": cache_bytes, "primary": "bytes"},
+                note="GB/s: each cache byte once, plus q and out")
+
+
+# ----------------------------------------------------------------------------------------------
+# pq_sparse
+# ----------------------------------------------------------------------------------------------
+PQ = {  # B, L, H, D, subspaces, centroids, k-means iterations
+    "full": (1, 4096, 16, 64, 8, 256, 10),
+    "quick": (1, 2048, 16, 64, 8, 256, 5),
+    "cpu": (1, 256, 2, 64, 8, 16, 5),
+    "cpu-quick": (1, 128, 2, 64, 8, 16, 3),
+}
+
+
+def pq_sparse(ctx: Ctx) -> list:
+    b, l, h, d, m, c, iters = PQ[ctx.mode]
+    k_top = max(1, l // 16)
+    dense_flops = attention_flops(b, h, d, l * l)
+    sparse_flops = attention_flops(b, h, d, l * k_top)
+    item = ctx.dtype.itemsize
+    set_bytes = 3 * b * l * h * d * item + b * l * h * k_top * 4
+    ref_full = gathered_ref_seconds(b, l, l, h, k_top, d, d, 3e-4, ctx.cuda)
+
+    def make_set(i):
+        q, k, v = (randn((b, l, h, d), ctx) for _ in range(3))
+        cb = attnx.pq.fit(k, m, c, iters=iters, seed=i)
+        idx = attnx.pq.topk(q, attnx.pq.encode(k, cb), cb, k_top)
+        return {"q": q, "k": k, "v": v, "codebook": cb, "indices": idx}
+
+    def run_sparse(s):
+        return attnx.sparse_attention(s["q"], s["k"], s["v"], s["indices"])
+
+    def expected_sparse(s):
+        return attnx.reference.sparse_attention(s["q"][-1:], s["k"][-1:], s["v"][-1:], s["indices"][-1:])
+
+    def run_layer(s):
+        return attnx.pq_sparse_attention(s["q"], s["k"], s["v"], k_top, codebook=s["codebook"])
+
+    def expected_layer(s):
+        return attnx.reference.pq_sparse_attention(s["q"][-1:], s["k"][-1:], s["v"][-1:], k_top,
+                                                   codebook=s["codebook"])
+
+    def peers():
+        return P.sdpa_peers(ctx, causal=False, flops=dense_flops, note="dense attention over all L keys",
+                            check=False)
+
+    params = {"B": b, "L": l, "H": h, "D": d, "k_top": k_top, "num_subspaces": m, "num_centroids": c,
+              "attended_pairs": l * k_top}
+    sparse_case = Case(
+        family="pq_sparse", name=f"sparse_attention L{l} H{h} D{d} k{k_top} (PQ-selected)", make_set=make_set,
+        impls=lambda: [_attnx_impl(ctx, run_sparse, lambda s: ctx.op_status("sparse_attention"),
+                                   ref_seconds=ref_full)] + peers(),
+        set_bytes=set_bytes, expected=expected_sparse, subset=lambda o: o[-1:], flops=sparse_flops, dtype=ctx.dtype,
+        params=dict(params), note="TFLOP/s of the sparse rows count the L*k attended pairs")
+    layer_case = Case(
+        family="pq_sparse", name=f"pq_sparse_attention L{l} H{h} D{d} k{k_top} (encode+topk+attend)",
+        make_set=make_set,
+        impls=lambda: [_attnx_impl(ctx, run_layer, lambda s: ctx.op_status("pq_encode", "pq_topk", "sparse_attention"),
+                                   ref_seconds=ref_full, note="codebook fitted beforehand")] + peers(),
+        set_bytes=set_bytes, expected=expected_layer, subset=lambda o: o[-1:], flops=sparse_flops, dtype=ctx.dtype,
+        params=dict(params), note="TFLOP/s counts the attention over the selected keys only")
+    return [sparse_case, layer_case]
+
+
+# ----------------------------------------------------------------------------------------------
+# ceilings
+# ----------------------------------------------------------------------------------------------
+CEILINGS = {  # copy buffer bytes, read buffer bytes, matmul n, dtype
+    "full": (2 << 30, 2 << 30, 8192, torch.bfloat16),
+    "quick": (512 << 20, 1 << 30, 4096, torch.bfloat16),
+    "cpu": (64 << 20, 64 << 20, 1024, torch.float32),
+    "cpu-quick": (16 << 20, 16 << 20, 512, torch.float32),
+}
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 30):.2f} GiB" if nbytes >= (1 << 30) else f"{nbytes / (1 << 20):.0f} MiB"
+
+
+def ceilings(ctx: Ctx) -> list:
+    copy_bytes, read_bytes, n, dt = CEILINGS[ctx.mode]
+    read_dt = torch.bfloat16 if ctx.cuda else torch.float32
+    dtn = str(dt).replace("torch.", "")
+
+    def copy_set(i):
+        src = torch.empty(copy_bytes // dt.itemsize, device=ctx.device, dtype=dt).normal_()
+        return {"src": src, "dst": torch.empty_like(src)}
+
+    def read_set(i):
+        return {"x": torch.empty(read_bytes // read_dt.itemsize, device=ctx.device, dtype=read_dt).normal_()}
+
+    def mm_set(i):
+        return {"a": torch.randn(n, n, device=ctx.device, dtype=dt),
+                "b": torch.randn(n, n, device=ctx.device, dtype=dt)}
+
+    def ceiling(name, run):
+        return lambda: [Impl(name=name, kind="ceiling", run=run, kernel="torch")]
+
+    big = 1 << 40  # one set: these buffers are far larger than L2
+    return [
+        Case(family="ceilings", name=f"device copy {_gib(copy_bytes)} (read+write)", make_set=copy_set,
+             impls=ceiling("torch copy_", lambda s: s["dst"].copy_(s["src"])), set_bytes=big,
+             nbytes=2 * copy_bytes, dtype=dt, ceiling="copy_gbps", params={"bytes": copy_bytes, "primary": "bytes"}),
+        Case(family="ceilings", name=f"read-only {str(read_dt).replace('torch.', '')} sum {_gib(read_bytes)}",
+             make_set=read_set, impls=ceiling("torch sum", lambda s: s["x"].sum()), set_bytes=big,
+             nbytes=read_bytes, dtype=read_dt, ceiling="read_gbps", params={"bytes": read_bytes, "primary": "bytes"}),
+        Case(family="ceilings", name=f"{dtn} matmul {n}^3", make_set=mm_set,
+             impls=ceiling("torch matmul", lambda s: s["a"] @ s["b"]), set_bytes=big, flops=2.0 * n ** 3, dtype=dt,
+             ceiling="matmul_tflops", params={"n": n}),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+FAMILIES = {
+    "ceilings": (ceilings, "device ceilings: copy and read-only bandwidth, bf16 matmul"),
+    "dense": (dense, "attnx.attention vs SDPA flash / cuDNN"),
+    "varlen": (varlen, "attnx.varlen_attention vs varlen_attn / flex (document mask)"),
+    "neighborhood": (neighborhood, "attnx.neighborhood_attention vs flex (NA mask)"),
+    "gna": (gna, "strided NA and attnx.block_sparse_attention over GNA tile plans vs flex"),
+    "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),
+    "pq_sparse": (pq_sparse, "attnx.sparse_attention / pq_sparse_attention vs dense SDPA"),
+}

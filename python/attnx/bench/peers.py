@@ -1,0 +1,311 @@
+"""Peers measured beside attnx: PyTorch SDPA (flash / cuDNN backends), varlen_attn, flex_attention
+(compiled, with block masks equivalent to the neighbourhood / block-sparse / document patterns) and
+a plain-PyTorch MLA decode.
+
+Each builder returns an :class:`Impl`; a peer that cannot run here raises NotAvailable (from its
+``setup`` or ``run``), which the runner prints as "n/a: reason".
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .common import Ctx, Impl, NotAvailable
+
+# ----------------------------------------------------------------------------------------------
+# SDPA
+# ----------------------------------------------------------------------------------------------
+SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION"}
+
+
+def _bhld(x: torch.Tensor) -> torch.Tensor:
+    """[B, L, H, D] -> contiguous [B, H, L, D] (made once, outside the timed region)."""
+    return x.transpose(1, 2).contiguous()
+
+
+def sdpa_peer(ctx: Ctx, name: str, *, causal: bool, keys=("q", "k", "v"), flops=None, note="",
+              check: bool = True) -> Impl:
+    """SDPA on [B, H, L, D] copies of the set's q/k/v; ``name`` picks the backend (CPU: the default one)."""
+    qn, kn, vn = keys
+    backend = None
+
+    def setup(_):
+        nonlocal backend
+        if name == "sdpa":
+            return
+        try:
+            from torch.nn.attention import SDPBackend
+            backend = getattr(SDPBackend, SDPA_BACKENDS[name])
+        except (ImportError, AttributeError) as e:
+            raise NotAvailable(f"torch {torch.__version__} has no SDPBackend.{SDPA_BACKENDS[name]} ({e})")
+
+    def prepare(s):
+        return _bhld(s[qn]), _bhld(s[kn]), _bhld(s[vn])
+
+    def run(a):
+        q, k, v = a
+        if backend is None:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        from torch.nn.attention import sdpa_kernel
+        try:
+            with sdpa_kernel(backend):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        except RuntimeError as e:
+            if "No available kernel" in str(e):
+                raise NotAvailable(f"{name} does not support this config")
+            raise
+
+    return Impl(name=name, run=run, prepare=prepare, output=lambda o: o.transpose(1, 2), setup=setup,
+                kernel="peer", flops=flops, note=note, check=check)
+
+
+def sdpa_peers(ctx: Ctx, *, causal: bool, keys=("q", "k", "v"), flops=None, note="", check: bool = True) -> list:
+    names = list(SDPA_BACKENDS) if ctx.cuda else ["sdpa"]
+    return [sdpa_peer(ctx, n, causal=causal, keys=keys, flops=flops, note=note, check=check) for n in names]
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.nn.attention.varlen.varlen_attn (newer torch only; its signature has changed over versions)
+# ----------------------------------------------------------------------------------------------
+def _varlen_attn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except Exception as e:  # noqa: BLE001
+        raise NotAvailable(f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn "
+                           f"({type(e).__name__})")
+    return varlen_attn
+
+
+def varlen_attn_peer(ctx: Ctx, *, causal: bool) -> Impl:
+    state = {}
+
+    def setup(_):
+        if not ctx.cuda:
+            raise NotAvailable("varlen_attn needs CUDA")
+        fn = _varlen_attn()
+        params = inspect.signature(fn).parameters
+        kw = {}
+        if causal:
+            if "is_causal" in params:
+                kw["is_causal"] = True
+            elif "window_size" in params:
+                kw["window_size"] = (-1, 0)
+            elif "causal" in params:
+                kw["causal"] = True
+            else:
+                raise NotAvailable(f"varlen_attn{inspect.signature(fn)} has no causal option")
+        state["fn"], state["kw"] = fn, kw
+
+    def run(s):
+        out = state["fn"](s["q"], s["k"], s["v"], s["cu"], s["cu"], s["max_len"], s["max_len"], **state["kw"])
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    return Impl(name="varlen_attn", run=run, setup=setup, kernel="peer")
+
+
+# ----------------------------------------------------------------------------------------------
+# flex_attention
+# ----------------------------------------------------------------------------------------------
+_FLEX: dict = {}
+
+
+def _flex_fn(ctx: Ctx):
+    """flex_attention compiled once (GPU); eager on the CPU (it materialises the scores: small sizes only)."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except Exception as e:  # noqa: BLE001
+        raise NotAvailable(f"no flex_attention in torch {torch.__version__} ({type(e).__name__})")
+    if not ctx.cuda:
+        return flex_attention
+    if "compiled" not in _FLEX:
+        import torch._dynamo as dynamo
+        # many shapes and masks in one process: raise the recompile limits so dynamo never falls
+        # back to eager flex (which would materialise L x L scores)
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(dynamo.config, name):
+                try:
+                    setattr(dynamo.config, name, max(256, int(getattr(dynamo.config, name))))
+                except Exception:  # noqa: BLE001
+                    pass
+        _FLEX["compiled"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["compiled"]
+
+
+def block_mask(ctx: Ctx, mask_mod: Callable, q_len: int, kv_len: int, block: int = 128):
+    """create_block_mask over [q_len, kv_len]; large ones are built compiled (``_compile=True``), which
+    avoids materialising q_len x kv_len intermediates of the mask_mod (GBs at L = 64k)."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask
+    except Exception as e:  # noqa: BLE001
+        raise NotAvailable(f"no create_block_mask in torch {torch.__version__} ({type(e).__name__})")
+    if ctx.cuda and q_len * kv_len > (1 << 26):
+        try:
+            with warnings.catch_warnings():  # newer torch deprecates _compile in favour of torch.compile(...)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return create_block_mask(mask_mod, None, None, q_len, kv_len, device=ctx.device, BLOCK_SIZE=block,
+                                         _compile=True)
+        except TypeError:  # no _compile argument: compile the builder instead
+            return torch.compile(create_block_mask)(mask_mod, None, None, q_len, kv_len, device=ctx.device,
+                                                    BLOCK_SIZE=block)
+    return create_block_mask(mask_mod, None, None, q_len, kv_len, device=ctx.device, BLOCK_SIZE=block)
+
+
+def flex_peer(ctx: Ctx, make_mask_mod: Callable, *, tokens: int, spatial: Optional[Sequence[int]] = None,
+              block: int = 128, packed: bool = False, padded_tokens: Optional[int] = None, name: str = "flex",
+              note: str = "") -> Impl:
+    """flex_attention with ``create_block_mask(make_mask_mod(first_set))``.
+
+    Base sets hold q/k/v as [B, *spatial, H, D] (or packed [T, H, D] when ``packed``); the peer
+    runs on contiguous [B, H, tokens, D] copies and its output is put back in that layout.
+    ``padded_tokens`` (packed only): zero tokens appended up to that length (the mask must keep
+    them apart), so flex sees a multiple of its block size.
+    """
+    state = {}
+    n_flex = padded_tokens or tokens
+
+    def setup(s):
+        state["fn"] = _flex_fn(ctx)
+        state["mask"] = block_mask(ctx, make_mask_mod(s), n_flex, n_flex, block)
+        if ctx.cuda:
+            torch._dynamo.reset()  # a fresh compile per case (new shapes/masks) under the raised limits
+
+    def flat(x):
+        if packed:  # [T, H, D] -> [1, H, T', D]
+            x = x.transpose(0, 1).unsqueeze(0)
+            if n_flex > tokens:
+                x = torch.nn.functional.pad(x, (0, 0, 0, n_flex - tokens))
+            return x.contiguous()
+        return x.reshape(x.shape[0], tokens, *x.shape[-2:]).transpose(1, 2).contiguous()
+
+    def prepare(s):
+        return flat(s["q"]), flat(s["k"]), flat(s["v"])
+
+    def run(a):
+        q, k, v = a
+        if ctx.cuda:
+            return state["fn"](q, k, v, block_mask=state["mask"])
+        with warnings.catch_warnings():  # eager flex warns that it is unfused: known, small sizes only
+            warnings.simplefilter("ignore", UserWarning)
+            return state["fn"](q, k, v, block_mask=state["mask"])
+
+    def output(o):
+        o = o.transpose(1, 2)  # [B, tokens, H, D]
+        if packed:
+            return o[0, :tokens]
+        return o.reshape(o.shape[0], *spatial, *o.shape[-2:]) if spatial else o
+
+    return Impl(name=name if ctx.cuda else f"{name} (eager)", run=run, prepare=prepare, output=output, setup=setup,
+                kernel="peer", note=note)
+
+
+def _where_min(a, b):
+    """min of ints and/or index tensors (torch.minimum / clamp keep mask_mod traceable by flex)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.minimum(a, b)
+    if isinstance(a, torch.Tensor):
+        return a.clamp(max=b)
+    if isinstance(b, torch.Tensor):
+        return b.clamp(max=a)
+    return min(a, b)
+
+
+def _where_max(a, b):
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.maximum(a, b)
+    if isinstance(a, torch.Tensor):
+        return a.clamp(min=b)
+    if isinstance(b, torch.Tensor):
+        return b.clamp(min=a)
+    return max(a, b)
+
+
+def na_mask_mod(spatial: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int],
+                stride: Sequence[int], causal: Sequence[bool]) -> Callable:
+    """mask_mod(b, h, q_idx, kv_idx) of neighbourhood attention over row-major flattened tokens.
+
+    Per axis (DESIGN.md / NATTEN): within the dilation group r = p % d, group coordinate i = p // d
+    on a group of length n_r; non-causal: leader = min(i // s * s + s // 2, n_r - 1), keys
+    clamp(leader - k // 2, 0, n_r - k) .. + k - 1; causal: leader = min(i // s * s + s - 1, n_r - 1),
+    keys max(leader - k + 1, 0) .. i. A key is visible when it is on every axis.
+    """
+    rank = len(spatial)
+    strides = [math.prod(spatial[a + 1:]) for a in range(rank)]
+
+    def axis_ok(qc, kc, n, k, d, s, c):
+        if d == 1:
+            r, i, j, n_r = None, qc, kc, n
+        else:
+            r, i, j = qc % d, qc // d, kc // d
+            n_r = (n - r + d - 1) // d
+        if c:
+            leader = _where_min((i // s) * s + (s - 1), n_r - 1)
+            lo = _where_max(leader - (k - 1), 0)
+            hi = i
+        else:
+            leader = _where_min((i // s) * s + s // 2, n_r - 1)
+            lo = _where_min(_where_max(leader - k // 2, 0), n_r - k)
+            hi = lo + (k - 1)
+        ok = (j >= lo) & (j <= hi)
+        if d != 1:
+            ok = ok & (kc % d == r)
+        return ok
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = None
+        for a in range(rank):
+            qc = (q_idx // strides[a]) % spatial[a] if rank > 1 else q_idx
+            kc = (kv_idx // strides[a]) % spatial[a] if rank > 1 else kv_idx
+            o = axis_ok(qc, kc, spatial[a], kernel_size[a], dilation[a], stride[a], bool(causal[a]))
+            ok = o if ok is None else ok & o
+        return ok
+
+    return mask_mod
+
+
+def document_mask_mod(doc_ids: torch.Tensor, causal: bool) -> Callable:
+    """Packed sequences: a query sees the keys of its own sequence (and, causal, not later ones)."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        same = doc_ids[q_idx] == doc_ids[kv_idx]
+        return (same & (q_idx >= kv_idx)) if causal else same
+    return mask_mod
+
+
+def tile_mask_mod(allowed_flat: torch.Tensor, num_kv_tiles: int, q_block: int, kv_block: int) -> Callable:
+    """Block-sparse: query tile t sees every key of KV tile j iff allowed[t * num_kv_tiles + j]."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return allowed_flat[(q_idx // q_block) * num_kv_tiles + kv_idx // kv_block]
+    return mask_mod
+
+
+# ----------------------------------------------------------------------------------------------
+# plain-PyTorch MLA decode
+# ----------------------------------------------------------------------------------------------
+def torch_mla_decode(q, kv_cache, block_table, cache_seqlens, head_dim_v: int, scale: float):
+    """Gather the pages, then matmul - softmax (fp32) - matmul. q [B, s_q, Hq, Dqk] -> [B, s_q, Hq, Dv]."""
+    b, sq, hq, d = q.shape
+    _, page, hk, _ = kv_cache.shape
+    g = hq // hk
+    kv = kv_cache[block_table.long()]  # [B, P, page, Hk, D]
+    n = kv.shape[1] * page
+    kv = kv.reshape(b, n, hk, d).permute(0, 2, 1, 3)  # [B, Hk, N, D]
+    qh = q.reshape(b, sq, hk, g, d).permute(0, 2, 1, 3, 4).reshape(b, hk, sq * g, d)
+    s = torch.matmul(qh, kv.transpose(-1, -2))  # [B, Hk, sq*g, N]
+    s = s.to(torch.promote_types(s.dtype, torch.float32)) * scale  # softmax in fp32 (fp64 stays fp64)
+    pos = torch.arange(n, device=q.device)
+    hidden = pos[None, :] >= cache_seqlens.long()[:, None]  # [B, N]
+    s = s.masked_fill(hidden[:, None, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1).to(q.dtype)
+    o = torch.matmul(p, kv[..., :head_dim_v])  # [B, Hk, sq*g, Dv]
+    return o.reshape(b, hk, sq, g, head_dim_v).permute(0, 2, 1, 3, 4).reshape(b, sq, hq, head_dim_v)
+
+
+def torch_mla_peer(ctx: Ctx, head_dim_v: int) -> Impl:
+    def run(s):
+        return torch_mla_decode(s["q"], s["kv_cache"], s["block_table"], s["cache_seqlens"], head_dim_v,
+                                s["q"].shape[-1] ** -0.5)
+    return Impl(name="torch gather+matmul", run=run, kernel="peer")

@@ -1,0 +1,113 @@
+"""The bench CLI (python -m attnx bench): a quick CPU run, --list, and the peers' mask semantics.
+
+The masks given to flex_attention on the GPU must describe exactly what attnx computes; here
+they are checked on the CPU against attnx.reference by evaluating the mask_mod densely (no flex,
+no GPU needed).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA, naive_masked, rel_err
+
+import attnx
+from attnx.bench import NO_GPU_NOTICE, main
+from attnx.bench import peers as P
+from attnx.bench.cases import gna_plan
+
+
+def test_dense_quick_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    rc = main(["--family", "dense", "--quick", "--json", str(path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    if not HAS_CUDA:
+        assert NO_GPU_NOTICE in out
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    assert rows and all(r["family"] == "dense" for r in rows)
+    ours = [r for r in rows if r["kind"] == "attnx"]
+    assert ours and all(r["check"] == "ok" and r["ms"] > 0 for r in ours)
+    assert all(r["rel_err"] is not None and r["rel_err"] <= r["tolerance"] for r in ours)
+    for key in ("gpu", "torch_version", "attnx_version", "date", "command"):
+        assert key in data["meta"]
+    assert data["meta"]["attnx_version"] == attnx.__version__
+    assert "--family dense" in data["meta"]["command"]
+    assert "B1 L128 H2 D64" in out or HAS_CUDA  # the table was printed
+
+
+def test_list(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for fam in ("ceilings", "dense", "varlen", "neighborhood", "gna", "mla", "pq_sparse"):
+        assert f"  {fam}:" in out
+    assert "    - " in out
+
+
+def test_unknown_family(capsys):
+    assert main(["--family", "nope", "--no-progress"]) == 2
+
+
+def _dense_mask(mask_mod, n):
+    q = torch.arange(n)[:, None]
+    kv = torch.arange(n)[None, :]
+    return mask_mod(0, 0, q, kv).expand(n, n)
+
+
+@pytest.mark.parametrize("spatial,ks,dil,st,ca", [
+    ((13,), (5,), (2,), (1,), (False,)),
+    ((13,), (5,), (1,), (3,), (True,)),
+    ((12, 10), (3, 4), (2, 1), (3, 2), (False, True)),
+    ((6, 7, 9), (3, 2, 4), (1, 2, 2), (2, 1, 3), (True, False, False)),
+])
+def test_na_mask_mod_matches_reference(spatial, ks, dil, st, ca):
+    n, h, d = math.prod(spatial), 2, 8
+    q, k, v = (torch.randn(1, *spatial, h, d, dtype=torch.float64) for _ in range(3))
+    ref = attnx.reference.neighborhood_attention(q, k, v, ks, dilation=dil, stride=st, is_causal=ca)
+    mask = _dense_mask(P.na_mask_mod(spatial, ks, dil, st, ca), n)
+    qf, kf, vf = (x.reshape(n, h, d) for x in (q, k, v))
+    for hh in range(h):
+        out, _ = naive_masked(qf[:, hh], kf[:, hh], vf[:, hh], mask, d ** -0.5)
+        assert rel_err(out, ref.reshape(n, h, d)[:, hh]) < 1e-10
+
+
+@pytest.mark.parametrize("spatial,ks,st,tile", [
+    ((16, 16), (8, 8), (4, 4), (4, 4)),
+    ((4, 8, 8), (2, 4, 4), (2, 4, 4), (2, 2, 4)),
+    ((32,), (9,), (1,), (8,)),
+])
+def test_gna_plan_and_tile_mask(spatial, ks, st, tile):
+    index, count, allowed = gna_plan(spatial, ks, st, tile)
+    res = attnx.gna.speedup_bound(spatial, ks, st, q_tile=tile, kv_tile=tile)
+    assert int(count.sum()) == res["visited_kv_tiles"]
+    block, n = math.prod(tile), math.prod(spatial)
+    nt = index.shape[0]
+    h, d = 2, 8
+    q, k, v = (torch.randn(1, n, h, d, dtype=torch.float64) for _ in range(3))
+    idx = torch.from_numpy(index).view(1, 1, nt, -1)
+    cnt = torch.from_numpy(count).view(1, 1, nt)
+    ref = attnx.reference.block_sparse_attention(q, k, v, idx, cnt, q_block=block, kv_block=block)
+    mask = _dense_mask(P.tile_mask_mod(torch.from_numpy(allowed.reshape(-1)), nt, block, block), n)
+    for hh in range(h):
+        out, _ = naive_masked(q[0, :, hh], k[0, :, hh], v[0, :, hh], mask, d ** -0.5)
+        assert rel_err(out, ref[0, :, hh]) < 1e-10
+
+
+def test_document_mask_and_torch_mla():
+    lens = [3, 5, 1]
+    ids = torch.repeat_interleave(torch.arange(3), torch.tensor(lens))
+    m = _dense_mask(P.document_mask_mod(ids, causal=True), sum(lens))
+    assert m.sum() == sum(l * (l + 1) // 2 for l in lens)
+
+    b, n, hq = 2, 100, 4
+    cache = torch.randn(b * 2, 64, 1, 576, dtype=torch.float64)
+    table = torch.randperm(b * 2).to(torch.int32).view(b, 2)
+    seqlens = torch.tensor([n, 37], dtype=torch.int32)
+    q = torch.randn(b, 1, hq, 576, dtype=torch.float64)
+    ref, _ = attnx.reference.mla_decode(q, cache, table, seqlens, head_dim_v=512)
+    out = P.torch_mla_decode(q, cache, table, seqlens, 512, 576 ** -0.5)
+    assert rel_err(out, ref) < 1e-10
