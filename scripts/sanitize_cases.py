@@ -1,7 +1,7 @@
 """Small cases of every native kernel, run under compute-sanitizer by scripts/gpu_check.sh."""
 import torch
 
-import attnx
+import attnx  # noqa: F401  (loads the native library)
 from attnx import _native
 
 torch.manual_seed(0)

@@ -212,7 +212,7 @@ def test_na_bad(which, case):
 def bs_call(which, *, L=8, H=2, q_block=4, kv_block=4, index=None, count=None, q=None):
     q = r(1, L, H, 4) if q is None else q
     k, v = r(1, L, H, 4), r(1, L, H, 4)
-    nq, nk = -(-L // q_block) if q_block > 0 else 2, -(-L // kv_block) if kv_block > 0 else 2
+    nq = -(-L // q_block) if q_block > 0 else 2
     index = torch.zeros(1, H, nq, 1, dtype=torch.int32) if index is None else index
     count = torch.ones(1, H, nq, dtype=torch.int32) if count is None else count
     return impl(which, "block_sparse_attention")(q, k, v, index, count, q_block=q_block, kv_block=kv_block)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-
 from torch._library.utils import fill_defaults
 
 from ..reference._core import lse_dtype
@@ -37,7 +36,7 @@ def define(name: str, schema: str, impl: Callable, *, fake: Callable | None = No
     if fake is not None:
         torch.library.register_fake(f"attnx::{name}", _with_defaults(op, fake), lib=lib)
     OPS[name] = family
-    return getattr(torch.ops.attnx, name).default
+    return op
 
 
 def attention_out_fake(q, k, v, *_):

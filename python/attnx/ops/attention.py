@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from .. import _validate as V
 from ..reference import dense_varlen as ref
 from ._registry import define, define_attention_like
 
@@ -33,7 +32,7 @@ def _unpad_fake(x, mask):
 
 
 def _unpad_impl(x, mask):
-    check = ref.check_unpad(x, mask)  # noqa: F841
+    ref.check_unpad(x, mask)
     return ref.unpad_fwd(x, mask)
 
 

@@ -7,7 +7,6 @@ stays linear in the sequence length.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable, Sequence
 
 import torch

@@ -140,15 +140,16 @@ def neighborhood_attention(q, k, v, kernel_size, *, dilation=1, stride=1, is_cau
     return (out, lse) if return_lse else out
 
 
-def _fixed_rank(rank):
+def fixed_rank(fn, rank: int):
+    """``fn`` (a neighborhood_attention) restricted to ``rank`` spatial axes: na1d, na2d, na3d."""
     def f(q, k, v, kernel_size, *, dilation=1, stride=1, is_causal=False, scale=None, return_lse=False):
         if q.dim() != rank + 3:
             V.fail("q", f"a tensor of rank {q.dim()} (shape {tuple(q.shape)})", f"rank {rank + 3}: [B, {'X, ' * rank}H, D]")
-        return neighborhood_attention(q, k, v, kernel_size, dilation=dilation, stride=stride, is_causal=is_causal,
-                                      scale=scale, return_lse=return_lse)
-    f.__name__ = f"na{rank}d"
-    f.__doc__ = f"{rank}-D neighborhood attention: :func:`neighborhood_attention` with q [B, {'X, ' * rank}H, D]."
+        return fn(q, k, v, kernel_size, dilation=dilation, stride=stride, is_causal=is_causal, scale=scale,
+                  return_lse=return_lse)
+    f.__name__ = f.__qualname__ = f"na{rank}d"
+    f.__doc__ = f"{rank}-D neighborhood attention: neighborhood_attention with q [B, {'X, ' * rank}H, D]."
     return f
 
 
-na1d, na2d, na3d = _fixed_rank(1), _fixed_rank(2), _fixed_rank(3)
+na1d, na2d, na3d = (fixed_rank(neighborhood_attention, r) for r in (1, 2, 3))
