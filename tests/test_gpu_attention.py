@@ -124,3 +124,14 @@ def test_attention_autograd_on_gpu():
     rq, rk, rv = torch.autograd.grad(attnx.reference.attention(q2, k2, v2, causal=True), (q2, k2, v2), g)
     for a, b in ((dq, rq), (dk, rk), (dv, rv)):
         assert rel_err(a, b) < 2e-2
+
+
+def test_misaligned_views_fall_back():
+    """A head-dim slice whose rows are not 16-byte aligned: the op raises, attnx.attention falls back."""
+    d = 64 if built(torch.bfloat16, 64) else 128
+    base = torch.randn(1, 70, 2, d + 4, device="cuda", dtype=torch.bfloat16)
+    q = base[..., 4:]  # last dim contiguous, base pointer off by 8 bytes
+    assert not _native.covers("attention", q, q, q)
+    with pytest.raises(RuntimeError, match="aligned"):
+        torch.ops.attnx.attention(q, q, q, False, None)
+    assert rel_err(attnx.attention(q, q, q), attnx.reference.attention(q, q, q)) < OUT_TOL[torch.bfloat16]

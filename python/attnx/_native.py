@@ -57,6 +57,11 @@ def _sm90(device) -> bool:
     return torch.cuda.get_device_capability(device) == (9, 0)
 
 
+def _aligned_16b(x) -> bool:
+    """cp.async moves 16-byte chunks: a 16-byte aligned base and strides in multiples of 8 elements."""
+    return x.data_ptr() % 16 == 0 and all(st % 8 == 0 for sz, st in zip(x.shape[:-1], x.stride()[:-1]) if sz > 1)
+
+
 def covers(op: str, q, k=None, v=None) -> bool:
     """True if the native library has a kernel instance for this CUDA call."""
     if not q.is_cuda or not has_cuda_kernel(op):
@@ -64,7 +69,8 @@ def covers(op: str, q, k=None, v=None) -> bool:
     if op == "attention":
         tag = _DTYPE_TAG.get(q.dtype)
         return (tag is not None and v.shape[-1] == q.shape[-1] and _sm90(q.device)
-                and f"fmha_fwd_{tag}_hdim{q.shape[-1]}" in _state["instances"])
+                and f"fmha_fwd_{tag}_hdim{q.shape[-1]}" in _state["instances"]
+                and all(_aligned_16b(x) for x in (q, k, v)))
     return True
 
 

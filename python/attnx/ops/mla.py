@@ -1,7 +1,6 @@
 """MLA decode over a paged latent KV cache: ops and public API."""
 from __future__ import annotations
 
-import torch
 
 from ..reference import mla as ref
 from ..reference._core import lse_dtype
@@ -10,17 +9,11 @@ from ._registry import define
 MLAMetadata = ref.MLAMetadata
 
 
-def _num_parts(device, num_q_heads, num_kv_heads, q_len):
-    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    rows = max(1, num_q_heads // max(1, num_kv_heads)) * q_len
-    return max(1, num_sms // max(1, num_kv_heads * -(-rows // 64)))
-
-
 metadata_op = define(
     "mla_decode_metadata",
     "(Tensor cache_seqlens, int num_q_heads, int num_kv_heads=1, int q_len=1) -> (Tensor tile_scheduler_metadata, Tensor num_splits)",
     lambda s, hq, hk, ql: tuple(ref.mla_decode_metadata_fwd(s, hq, hk, ql)),
-    fake=lambda s, hq, hk, ql: (s.new_empty((_num_parts(s.device, hq, hk, ql), 8)), s.new_empty((s.shape[0] + 1,))),
+    fake=lambda s, hq, hk, ql: (s.new_empty((ref.mla_num_parts(s.device, hq, hk, ql), 8)), s.new_empty((s.shape[0] + 1,))),
     family="mla")
 
 

@@ -79,15 +79,18 @@ def mla_decode_fwd(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, c
     return out, lse
 
 
+def mla_num_parts(device, num_q_heads: int, num_kv_heads: int, q_len: int, num_sms: int | None = None) -> int:
+    """Split-KV parts per head group: the SMs shared among the (KV head, 64-row query block) groups."""
+    if num_sms is None:
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    rows_per_group = max(1, num_q_heads // max(1, num_kv_heads)) * q_len
+    return max(1, num_sms // max(1, num_kv_heads * -(-rows_per_group // 64)))
+
+
 def mla_decode_metadata_fwd(cache_seqlens, num_q_heads: int, num_kv_heads: int = 1, q_len: int = 1,
                             num_sms: int | None = None):
     """Balanced split-KV plan: cut the (sequence, page) work list into equally costly parts."""
-    if num_sms is None:
-        num_sms = torch.cuda.get_device_properties(cache_seqlens.device).multi_processor_count \
-            if cache_seqlens.is_cuda else 132
-    rows_per_group = max(1, num_q_heads // max(1, num_kv_heads)) * q_len
-    head_groups = num_kv_heads * -(-rows_per_group // 64)
-    num_parts = max(1, num_sms // max(1, head_groups))
+    num_parts = mla_num_parts(cache_seqlens.device, num_q_heads, num_kv_heads, q_len, num_sms)
     pages = [-(-n // PAGE_SIZE) for n in cache_seqlens.tolist()]
     fixed = 2  # a sequence's fixed cost (setup and its share of the combine), in pages
     per_part = max(1, -(-(sum(pages) + fixed * len(pages)) // num_parts))
