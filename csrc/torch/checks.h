@@ -28,7 +28,7 @@ inline void check_cuda_16bit(const char* op, const char* arg, const Tensor& t, i
                   "' needs a contiguous last dimension (stride 1)");
 }
 
-// cp.async moves 16-byte chunks: base pointers 16-byte aligned, strides multiples of 8 elements.
+// TMA: base pointers 16-byte aligned, strides multiples of 16 bytes (8 elements).
 inline void check_16b_aligned(const char* op, const char* arg, const Tensor& t) {
   bool ok = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
   for (int64_t i = 0; i + 1 < t.dim(); ++i) ok = ok && (t.size(i) <= 1 || t.stride(i) % 8 == 0);

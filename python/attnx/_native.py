@@ -58,7 +58,7 @@ def _sm90(device) -> bool:
 
 
 def _aligned_16b(x) -> bool:
-    """cp.async moves 16-byte chunks: a 16-byte aligned base and strides in multiples of 8 elements."""
+    """TMA needs a 16-byte aligned base and strides that are multiples of 16 bytes (8 elements)."""
     return x.data_ptr() % 16 == 0 and all(st % 8 == 0 for sz, st in zip(x.shape[:-1], x.stride()[:-1]) if sz > 1)
 
 
@@ -66,7 +66,7 @@ def covers(op: str, q, k=None, v=None) -> bool:
     """True if the native library has a kernel instance for this CUDA call."""
     if not q.is_cuda or not has_cuda_kernel(op):
         return False
-    if op == "attention":
+    if op in ("attention", "varlen_attention"):
         tag = _DTYPE_TAG.get(q.dtype)
         return (tag is not None and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and f"fmha_fwd_{tag}_hdim{q.shape[-1]}" in _state["instances"]
@@ -84,7 +84,7 @@ def info() -> dict:
     ops = {}
     for name, family in sorted(OPS.items()):
         cuda = "native" if has_cuda_kernel(name) else "reference"
-        if name == "attention" and cuda == "native":
+        if name in ("attention", "varlen_attention") and cuda == "native":
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_fwd"))) \
                 + " on sm_90; reference otherwise"
         ops[name] = {"family": family, "cpu": "reference", "cuda": cuda}

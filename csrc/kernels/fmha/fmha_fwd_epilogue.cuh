@@ -1,28 +1,66 @@
-// Epilogue: normalise the O accumulator, convert to 16 bits and store O and lse.
+// Epilogue of the forward: normalise O, stage it through shared memory (stmatrix into the Q
+// tile's bytes) and write whole 16-byte row segments to global memory, rows past the sequence
+// end skipped; lse from the quad leader of each row.
 #pragma once
 
+#include <cute/tensor.hpp>
+
+#include "../common/named_barrier.cuh"
 #include "fmha_params.h"
+#include "wgmma_gemm.cuh"
 
 namespace attnx::fmha {
 
-// rows: global query indices of this thread's two rows; rows >= seqlen_q are not stored.
-template <typename Traits>
-__device__ __forceinline__ void store_output(const float (&acc_o)[Traits::kNTilesO][4], const float (&inv_l)[2],
-                                             const float (&lse)[2], typename Traits::Element* o_head,
-                                             int64_t o_row_stride, float* lse_head, int64_t lse_row_stride,
-                                             const int (&rows)[2], int seqlen_q, int lane) {
-  using Ops = typename Traits::Ops;
-  const int t = lane & 3;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (rows[r] >= seqlen_q) continue;
-    auto* o_row = o_head + (int64_t)rows[r] * o_row_stride;
-#pragma unroll
-    for (int d = 0; d < Traits::kNTilesO; ++d) {
-      *reinterpret_cast<uint32_t*>(o_row + d * 8 + 2 * t) =
-          Ops::pack(acc_o[d][2 * r] * inv_l[r], acc_o[d][2 * r + 1] * inv_l[r]);
+using namespace cute;
+
+template <class Traits, class TensorO, class Softmax>
+__device__ void fmha_fwd_store(typename Traits::SharedStorage& ss, TensorO& tOrO, const Softmax& softmax,
+                               typename Traits::Element* o_seq, int64_t o_row_stride, float* lse_seq,
+                               int lse_row_stride, int m_block, int seqlen_q, int mma_tid) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kHeadDim = Traits::kHeadDim;
+  constexpr int kRows = Softmax::kNumRows;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_pv = mma_pv.get_thread_slice(mma_tid);
+
+  float inv_sum[kRows], lse[kRows];
+  softmax.finalize(inv_sum, lse);
+  Tensor o_rc = make_tensor(tOrO.data(), accumulator_rowcol(tOrO.layout()));
+  CUTLASS_PRAGMA_UNROLL
+  for (int mi = 0; mi < kRows; ++mi)
+    CUTLASS_PRAGMA_UNROLL
+    for (int ni = 0; ni < size<1>(o_rc); ++ni) o_rc(mi, ni) *= inv_sum[mi];
+
+  Tensor tOcO = thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor c_rc = make_tensor(tOcO.data(), accumulator_rowcol(tOcO.layout()));
+  if (mma_tid % 4 == 0) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      const int row = m_block * kBlockM + get<0>(c_rc(mi, 0));
+      if (row < seqlen_q) lse_seq[(int64_t)row * lse_row_stride] = lse[mi];
     }
-    if (t == 0) lse_head[(int64_t)rows[r] * lse_row_stride] = lse[r];
+  }
+
+  Tensor rO = convert_fragment<Element>(tOrO, tOrO.layout());
+  Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  auto store_tile = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
+  auto thr_store = store_tile.get_thread_slice(mma_tid);
+  copy(store_tile, thr_store.retile_S(rO), thr_store.partition_D(sO));
+
+  // Each warpgroup wrote and now reads only its own 64 rows.
+  const int wg = mma_tid / 128, wg_tid = mma_tid % 128;
+  NamedBarrier::sync(1 + wg, 128);
+  constexpr int kVecs = kHeadDim / 8;  // 16-byte segments per row
+  CUTLASS_PRAGMA_UNROLL
+  for (int idx = wg_tid; idx < 64 * kVecs; idx += 128) {
+    const int r = 64 * wg + idx / kVecs, c = (idx % kVecs) * 8;
+    const int row = m_block * kBlockM + r;
+    if (row < seqlen_q) {
+      // Through the tensor: the 128-byte swizzle acts on byte addresses (it permutes 16-byte
+      // chunks, so the 8 elements from c are contiguous).
+      const Element* src = &sO(r, c);
+      *reinterpret_cast<uint4*>(o_seq + (int64_t)row * o_row_stride + c) = *reinterpret_cast<const uint4*>(src);
+    }
   }
 }
 

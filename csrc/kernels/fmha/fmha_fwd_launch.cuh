@@ -1,22 +1,70 @@
-// Host launcher of one forward instance (included by the generated instance files only).
+// Host launcher of one forward instance (included by the generated instance files only): builds
+// the TMA descriptors for dense or packed inputs and launches the kernel.
 #pragma once
 
 #include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
 #include "fmha_fwd_kernel.cuh"
 
 namespace attnx::fmha {
 
-template <typename Element, int kHeadDim>
+// Every query of a problem without keys: out = 0, lse = -inf (a TMA descriptor cannot describe
+// an empty tensor, so this case never reaches the main kernel).
+template <typename Element>
+__global__ void fmha_fwd_no_keys_kernel(FmhaFwdParams p, int batches, int rows) {
+  const int64_t total = (int64_t)batches * rows * p.num_heads_q;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int h = i % p.num_heads_q, r = (i / p.num_heads_q) % rows, b = i / ((int64_t)p.num_heads_q * rows);
+    Element* o = static_cast<Element*>(p.out) + b * p.o_batch_stride + r * p.o_row_stride + h * p.o_head_stride;
+    for (int d = 0; d < p.head_dim; ++d) o[d] = Element(0.f);
+    p.lse[i] = -INFINITY;
+  }
+}
+
+template <class Traits>
 Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
-  using Traits = FmhaFwdTraits<Element, kHeadDim>;
-  if (p.batch == 0 || p.seqlen_q == 0 || p.num_heads_q == 0) return Status::kSuccess;
+  using Element = typename Traits::Element;
+  using namespace cute;
+  const bool packed = p.cu_seqlens_q != nullptr;
+  const int rows_q = packed ? p.total_q : p.seqlen_q, rows_k = packed ? p.total_k : p.seqlen_k;
+  const int batches = packed ? 1 : p.batch;
+  if (p.batch == 0 || rows_q == 0 || p.num_heads_q == 0) return Status::kSuccess;
+  if (p.batch > 65535 || p.num_heads_q > 65535) return Status::kInvalidArgument;
+  if (rows_k == 0) {
+    fmha_fwd_no_keys_kernel<Element><<<264, 256, 0, stream>>>(p, batches, rows_q);
+    return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+  }
+
+  auto gmem = [&](const void* ptr, int rows, int heads, int64_t row_stride, int64_t head_stride,
+                  int64_t batch_stride) {
+    // A packed tensor has one batch; its stride is never used but must be a valid TMA stride.
+    if (packed) batch_stride = (int64_t)rows * row_stride;
+    return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)),
+                       make_shape(int32_t(rows), int32_t(Traits::kHeadDim), int32_t(heads), int32_t(batches)),
+                       make_stride(row_stride, _1{}, head_stride, batch_stride));
+  };
+  auto mQ = gmem(p.q, rows_q, p.num_heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride);
+  auto mK = gmem(p.k, rows_k, p.num_heads_k, p.k_row_stride, p.k_head_stride, p.k_batch_stride);
+  auto mV = gmem(p.v, rows_k, p.num_heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride);
+  using BlockQ = Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>;
+  using BlockKV = Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>;
+  FmhaFwdKernelParams<Traits> kp{
+      p,
+      make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{}, BlockQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutKV{}), BlockKV{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutKV{}), BlockKV{}, _1{}),
+      mQ.shape(),
+      mK.shape(),
+  };
+
   auto kernel = fmha_fwd_kernel<Traits>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
     return Status::kCudaError;
   const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.num_heads_q, p.batch);
-  kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(p);
+  kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

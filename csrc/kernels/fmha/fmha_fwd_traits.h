@@ -1,54 +1,103 @@
-// Compile-time shape of one forward instance: tile sizes, warps, shared-memory budget,
-// and the per-dtype instruction choices (mma atom, fp32 -> 16-bit packing).
+// Compile-time shape of the Hopper forward kernel: tiles, warp roles, wgmma atoms, shared-memory
+// layouts, TMA copy types and the shared-storage struct.
+//
+// Warp roles: warpgroup 0 is the producer (one thread issues every TMA load), warpgroups
+// 1..kNumMmaWarpgroups are consumers, each owning 64 rows of the kBlockM-row Q tile. Both
+// GEMMs of a consumer are wgmma: S = Q K^T with both operands in shared memory, O += P V with P
+// taken straight from the S accumulator registers (no shared-memory round trip for P).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include <cute/arch/mma_sm80.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/gemm/collective/builders/sm90_common.inl>
+#include <cutlass/pipeline/pipeline.hpp>
 
 namespace attnx::fmha {
 
-template <typename T>
-struct ElementOps;
+using namespace cute;
 
-template <>
-struct ElementOps<__half> {
-  using Mma = cute::SM80_16x8x16_F32F16F16F32_TN;
-  __device__ static uint32_t pack(float a, float b) {
-    __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-
-template <>
-struct ElementOps<__nv_bfloat16> {
-  using Mma = cute::SM80_16x8x16_F32BF16BF16F32_TN;
-  __device__ static uint32_t pack(float a, float b) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-
-// Each warp owns 16 query rows (one m16 mma tile), so kBlockM = 16 * kNumWarps.
-template <typename Element_, int kHeadDim_, int kBlockM_ = 128, int kBlockN_ = 64>
+template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
 struct FmhaFwdTraits {
-  using Element = Element_;
-  using Ops = ElementOps<Element>;
+  using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
   static constexpr int kBlockN = kBlockN_;
-  static constexpr int kNumWarps = kBlockM / 16;
-  static constexpr int kNumThreads = kNumWarps * 32;
-  static constexpr int kNTilesS = kBlockN / 8;     // n8 tiles of S per warp
-  static constexpr int kNTilesO = kHeadDim / 8;    // n8 tiles of O per warp
-  static constexpr int kKStepsQK = kHeadDim / 16;  // k16 steps of Q K^T
-  static constexpr int kKStepsPV = kBlockN / 16;   // k16 steps of P V
-  // The XOR swizzle permutes 16-byte chunks within a row among groups of 8: rows need >= 8 chunks.
-  static_assert(kHeadDim % 64 == 0, "head dim must be a multiple of 64 for the swizzled smem tiles");
-  static_assert(kBlockN % 16 == 0 && kBlockM % 16 == 0, "tiles are multiples of the mma shape");
-  static constexpr int kSmemElems = (kBlockM + 2 * kBlockN) * kHeadDim;
-  static constexpr int kSmemBytes = kSmemElems * int(sizeof(Element));
+  static constexpr int kStages = kStages_;
+  static_assert(kBlockM % 64 == 0, "each consumer warpgroup owns 64 rows (the wgmma M)");
+  static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "wgmma K steps are 16 elements");
+
+  static constexpr int kNumMmaWarpgroups = kBlockM / 64;
+  static constexpr int kNumMmaThreads = 128 * kNumMmaWarpgroups;
+  static constexpr int kNumThreads = kNumMmaThreads + 128;
+  // Register budget after setmaxnreg: the producer keeps a minimum, consumers share the rest of
+  // the 64K-register file (kNumThreads * regs <= 65536, multiples of 8).
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
+
+  using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;
+  using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;
+  using MmaWarpgroups = Layout<Shape<Int<kNumMmaWarpgroups>, _1, _1>>;
+  using TiledMmaQK = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(), MmaWarpgroups{}));
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, float, Shape<_64, Int<kHeadDim>, Int<kBlockN>>, GMMA::Major::K,
+                           GMMA::Major::MN>(),
+      MmaWarpgroups{}));
+
+  using SmemLayoutAtomQ = decltype(cutlass::gemm::collective::detail::ss_smem_selector<
+                                   GMMA::Major::K, Element, Int<kBlockM>, Int<kHeadDim>>());
+  using SmemLayoutQ = decltype(tile_to_shape(SmemLayoutAtomQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutAtomKV = decltype(cutlass::gemm::collective::detail::ss_smem_selector<
+                                    GMMA::Major::K, Element, Int<kBlockN>, Int<kHeadDim>>());
+  using SmemLayoutKV =
+      decltype(tile_to_shape(SmemLayoutAtomKV{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  // V is read by O = P V as a (head dim, key) operand: the same bytes seen transposed, which
+  // wgmma consumes as an MN-major B operand.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutKV{},
+      make_ordered_layout(make_shape(Int<kHeadDim>{}, Int<kBlockN>{}, Int<kStages>{}), Step<_2, _1, _3>{})));
+
+  // Global tensors as TMA sees them: (rows, head dim, heads, batch); packed inputs have batch 1.
+  using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;
+  using StrideQKV = cute::Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{},
+                                          StrideQKV{}));
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutQ{},
+                                      Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(SmemLayoutKV{}),
+                                       Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename Pipeline::PipelineState;
+  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTmaBytesKV = kBlockN * kHeadDim * sizeof(Element);
+
+  struct SharedStorage {
+    // 128-byte swizzled tiles need 1024-byte aligned bases (the swizzle acts on address bits).
+    // The O tile reuses Q's bytes: each warpgroup writes only its own 64 rows, after its last
+    // read of them.
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> k;
+    cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> v;
+    typename Pipeline::SharedStorage pipeline_k;
+    typename Pipeline::SharedStorage pipeline_v;
+    uint64_t barrier_q;
+  };
+  static constexpr int kSmemBytes = sizeof(SharedStorage);
+  static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");
+};
+
+// Tile shapes per head dim (one place): wider KV tiles amortise the softmax when the
+// accumulators leave room for them.
+template <typename Element, int kHeadDim>
+struct FmhaFwdConfig;
+template <typename Element>
+struct FmhaFwdConfig<Element, 64> {
+  using Traits = FmhaFwdTraits<Element, 64, 128, 128, 2>;
+};
+template <typename Element>
+struct FmhaFwdConfig<Element, 128> {
+  using Traits = FmhaFwdTraits<Element, 128, 128, 128, 2>;
 };
 
 }  // namespace attnx::fmha

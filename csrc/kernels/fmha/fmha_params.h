@@ -1,6 +1,9 @@
 // Plain parameters of the fused-MHA core: pointers, strides (in elements) and sizes.
-// Layout is tokens-then-heads, [B, L, H, D], with any batch/row/head strides and a
-// contiguous head dim. lse is float32 [B, Lq, Hq] (contiguous).
+//
+// Dense layout is tokens-then-heads, [B, L, H, D], with any batch/row/head strides and a
+// contiguous head dim. Packed (varlen) layout is [T, H, D] with cu_seqlens: sequence b owns rows
+// cu_seqlens[b] .. cu_seqlens[b+1]-1 and batch strides are unused. lse is float32 and contiguous:
+// [B, Lq, Hq] dense, [Tq, Hq] packed.
 #pragma once
 
 #include <cstdint>
@@ -22,14 +25,25 @@ struct FmhaFwdParams {
   int64_t o_batch_stride = 0, o_row_stride = 0, o_head_stride = 0;
 
   int batch = 0;
-  int seqlen_q = 0;
+  int seqlen_q = 0;  // dense: the length; packed: the longest sequence (sizes the grid)
   int seqlen_k = 0;
   int num_heads_q = 0;
   int num_heads_k = 0;  // num_heads_q % num_heads_k == 0 (GQA/MQA)
   int head_dim = 0;
 
-  float scale = 0.f;    // softmax scale (natural units)
-  bool causal = false;  // bottom-right aligned: key j visible to query i iff j <= i + seqlen_k - seqlen_q
+  // Packed sequences: int32 [batch + 1] each, or nullptr for the dense layout.
+  const int* cu_seqlens_q = nullptr;
+  const int* cu_seqlens_k = nullptr;
+  int total_q = 0;  // packed rows of q / k (cu_seqlens[batch])
+  int total_k = 0;
+
+  float scale = 0.f;  // softmax scale (natural units)
+  // Visible keys of query i, with offset = seqlen_k - seqlen_q of its sequence (bottom-right
+  // alignment, as in flash-attn): i + offset - window_left <= j <= i + offset + window_right;
+  // a negative bound is unbounded. Causal is window_right = 0.
+  bool causal = false;
+  int window_left = -1;
+  int window_right = -1;
   DType dtype = DType::kBFloat16;
 };
 

@@ -1,75 +1,80 @@
-// Online softmax over KV tiles (flash attention), in the log2 domain.
+// Online softmax over KV tiles, on accumulators seen as (rows, cols).
 //
-// Each thread holds two rows (g and g + 8 of its warp's 16) and, per row, a quarter of the
-// columns; the 4 threads of a quad share a row, so row reductions are two xor-shuffles. The
-// row sum stays a per-thread partial until the epilogue. Rows that have seen no key keep
-// max = -inf; exponentials then use 0 as their base so no NaN (-inf - -inf) ever appears.
+// Exponentials are taken in base 2 with the scale folded in (one FFMA per score). Each row is
+// shared by the 4 threads of a quad (lanes differing in their two low bits), so row maxima are
+// reduced with two shuffles per tile; row sums stay per-thread partials until the end, which is
+// exact because every partial of a row is rescaled by the same factor.
+// A row that has seen no visible key keeps max = -inf: its exponentials, sum and output are 0 and
+// its lse is -inf (no NaN from -inf - -inf).
 #pragma once
 
-#include <cmath>
+#include <cute/tensor.hpp>
 
 namespace attnx::fmha {
 
-template <int kNTilesS, int kNTilesO>
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+template <int kRows>
 struct OnlineSoftmax {
-  float row_max[2];  // running max of scale * log2(e) * s, per row
-  float row_sum[2];  // this thread's partial sum of exp2(x - row_max)
+  static constexpr int kNumRows = kRows;
+  float row_max[kRows];
+  float row_sum[kRows];
+  float scale_log2;  // softmax scale * log2(e)
 
-  __device__ __forceinline__ void init() {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      row_max[r] = -INFINITY;
-      row_sum[r] = 0.f;
-    }
+  __device__ explicit OnlineSoftmax(float scale) : scale_log2(scale * 1.4426950408889634f) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < kRows; ++i) row_max[i] = -INFINITY, row_sum[i] = 0.f;
   }
 
-  __device__ static __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
-  }
-  __device__ static __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffff, x, 1);
-    return x + __shfl_xor_sync(0xffffffff, x, 2);
-  }
-
-  // s: scores of this KV tile times scale * log2(e), masked entries -inf; overwritten by
-  // p = exp2(s - new_max). acc_o is rescaled by exp2(old_max - new_max).
-  __device__ __forceinline__ void update(float (&s)[kNTilesS][4], float (&acc_o)[kNTilesO][4]) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m = row_max[r];
-#pragma unroll
-      for (int j = 0; j < kNTilesS; ++j) m = fmaxf(m, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+  // Replaces the scores s_rc by exp(scale * (s - new_max)) and updates max and sum; row_scale
+  // receives the factor the rows' earlier output must be multiplied by.
+  template <bool kFirst, class TensorS>
+  __device__ __forceinline__ void update(TensorS& s_rc, float (&row_scale)[kRows]) {
+    static_assert(decltype(cute::size<0>(s_rc))::value == kRows);
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      float m = row_max[mi];
+      CUTLASS_PRAGMA_UNROLL
+      for (int ni = 0; ni < cute::size<1>(s_rc); ++ni) m = fmaxf(m, s_rc(mi, ni));
       m = quad_max(m);
-      const float base = m == -INFINITY ? 0.f : m;
-      const float correction = exp2f(row_max[r] - base);  // 0 on the first tile (old max -inf)
-      row_max[r] = m;
+      const float m_scaled = m == -INFINITY ? 0.f : m * scale_log2;
+      // (old - new) never overflows; an old max of -inf means nothing accumulated yet.
+      row_scale[mi] = kFirst || row_max[mi] == -INFINITY ? 0.f : exp2f((row_max[mi] - m) * scale_log2);
       float sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < kNTilesS; ++j) {
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          s[j][e] = exp2f(s[j][e] - base);
-          sum += s[j][e];
-        }
+      CUTLASS_PRAGMA_UNROLL
+      for (int ni = 0; ni < cute::size<1>(s_rc); ++ni) {
+        const float p = exp2f(s_rc(mi, ni) * scale_log2 - m_scaled);
+        s_rc(mi, ni) = p;
+        sum += p;
       }
-      row_sum[r] = row_sum[r] * correction + sum;
-#pragma unroll
-      for (int d = 0; d < kNTilesO; ++d) {
-        acc_o[d][2 * r] *= correction;
-        acc_o[d][2 * r + 1] *= correction;
-      }
+      row_sum[mi] = row_sum[mi] * row_scale[mi] + sum;
+      row_max[mi] = m;
     }
   }
 
-  // Final normalisation: returns 1 / l per row (0 for an empty row) and writes the natural-log lse.
-  __device__ __forceinline__ void finalize(float (&inv_l)[2], float (&lse)[2]) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float l = quad_sum(row_sum[r]);
-      const bool empty = l == 0.f || row_max[r] == -INFINITY;
-      inv_l[r] = empty ? 0.f : 1.f / l;
-      lse[r] = empty ? -INFINITY : row_max[r] * float(M_LN2) + logf(l);
+  template <class TensorO>
+  __device__ __forceinline__ void rescale(TensorO& o_rc, const float (&row_scale)[kRows]) const {
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < kRows; ++mi)
+      CUTLASS_PRAGMA_UNROLL
+      for (int ni = 0; ni < cute::size<1>(o_rc); ++ni) o_rc(mi, ni) *= row_scale[mi];
+  }
+
+  // Final normalisation factors 1 / sum (0 for an empty row) and lse (natural log, -inf when empty).
+  __device__ __forceinline__ void finalize(float (&inv_sum)[kRows], float (&lse)[kRows]) const {
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      const float sum = quad_sum(row_sum[mi]);
+      const bool empty = sum == 0.f;  // NaN inputs stay NaN
+      inv_sum[mi] = empty ? 0.f : 1.f / sum;
+      lse[mi] = empty ? -INFINITY : row_max[mi] * (scale_log2 * 0.6931471805599453f) + __logf(sum);
     }
   }
 };

@@ -87,8 +87,16 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                      window=(-1, -1), scale=None, return_lse=False):
     """Padding-free attention over packed sequences; see :func:`attnx.reference.varlen_attention`."""
     ref.check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window)
-    out, lse = varlen_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal),
-                         int(window[0]), int(window[1]), scale)
+    if _native.use_reference("varlen_attention", q, k, v):
+        out, lse = ref._VarlenRef.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                        bool(causal), tuple(window), scale)
+    else:
+        if q.is_cuda and not torch.compiler.is_compiling():
+            # The kernel never reads or writes out of bounds, whatever the values; this check
+            # (one small copy to the host) turns malformed cu_seqlens into a clear error.
+            ref.check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        out, lse = varlen_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal),
+                             int(window[0]), int(window[1]), scale)
     return (out, lse) if return_lse else out
 
 

@@ -154,17 +154,24 @@ def check_varlen(q, k, v, cu_q, cu_k, max_q, max_k, window):
         V.fail("window", repr(window), "a pair (left, right) of ints >= -1 (-1 = unbounded)")
 
 
-def varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, causal, window, scale):
+def check_varlen_values(q, k, cu_q, cu_k, max_q, max_k):
+    """Value checks of cu_seqlens and max_seqlen (one small device-to-host copy); returns both lists."""
     bq = check_cu_seqlens("cu_seqlens_q", cu_q, q.shape[0])
     bk = check_cu_seqlens("cu_seqlens_k", cu_k, k.shape[0], len(bq) - 1)
+    for b in range(len(bq) - 1):
+        if bq[b + 1] - bq[b] > max_q:
+            V.fail("max_seqlen_q", max_q, f">= every query length (sequence {b} has {bq[b + 1] - bq[b]})")
+        if bk[b + 1] - bk[b] > max_k:
+            V.fail("max_seqlen_k", max_k, f">= every key length (sequence {b} has {bk[b + 1] - bk[b]})")
+    return bq, bk
+
+
+def varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, causal, window, scale):
+    bq, bk = check_varlen_values(q, k, cu_q, cu_k, max_q, max_k)
     out = q.new_zeros((*q.shape[:-1], v.shape[-1]))
     lse = q.new_full(q.shape[:-1], float("-inf"), dtype=lse_dtype(q.dtype))
     for b in range(len(bq) - 1):
         (q0, q1), (k0, k1) = (bq[b], bq[b + 1]), (bk[b], bk[b + 1])
-        if q1 - q0 > max_q:
-            V.fail("max_seqlen_q", max_q, f">= every query length (sequence {b} has {q1 - q0})")
-        if k1 - k0 > max_k:
-            V.fail("max_seqlen_k", max_k, f">= every key length (sequence {b} has {k1 - k0})")
         if q1 == q0:
             continue
         o, l = attention_fwd(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, scale, tuple(window))

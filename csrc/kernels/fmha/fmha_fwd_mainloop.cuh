@@ -1,0 +1,136 @@
+// The two halves of the forward mainloop: the producer (TMA loads of Q once and of K/V tiles
+// through a kStages-deep mbarrier pipeline) and the consumer warpgroups (wgmma + online softmax).
+//
+// Both halves walk the same KV tiles in the same order, from n_max - 1 down to n_min: the tiles
+// needing a per-element mask (the sequence end, the causal diagonal) come first, and the
+// pipeline stage of tile n is implied by its position in the walk.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "fmha_fwd_traits.h"
+#include "fmha_params.h"
+#include "online_softmax.cuh"
+#include "varlen_block_info.cuh"
+#include "wgmma_gemm.cuh"
+
+namespace attnx::fmha {
+
+using namespace cute;
+
+template <class Traits>
+struct FmhaFwdKernelParams {
+  FmhaFwdParams p;
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  typename Traits::ShapeQKV shape_q;  // (rows, head dim, heads, batch) of the TMA tensors
+  typename Traits::ShapeQKV shape_k;
+};
+
+// One thread issues everything: Q, then K_n and V_n for each visited tile. K and V have separate
+// pipelines so the consumers start S = Q K^T before V has landed.
+template <class Traits>
+__device__ void fmha_fwd_load(const FmhaFwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
+                              typename Traits::Pipeline& pipe_k, typename Traits::Pipeline& pipe_v,
+                              const VarlenBlockInfo& info, int m_block, int head, int head_k, int n_min,
+                              int n_max) {
+  using BlockQ = Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>;
+  using BlockKV = Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>;
+  Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q)(_, _, head, info.tma_batch);
+  Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k)(_, _, head_k, info.tma_batch);
+  Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k)(_, _, head_k, info.tma_batch);
+  Tensor gQ = local_tile(domain_offset(make_coord(info.offset_q, _0{}), mQ), BlockQ{}, make_coord(m_block, _0{}));
+  Tensor gK = local_tile(domain_offset(make_coord(info.offset_k, _0{}), mK), BlockKV{}, make_coord(_, _0{}));
+  Tensor gV = local_tile(domain_offset(make_coord(info.offset_k, _0{}), mV), BlockKV{}, make_coord(_, _0{}));
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  auto [tQgQ, tQsQ] = tma_partition(kp.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+  auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+  auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
+  copy(kp.tma_q.with(ss.barrier_q, 0), tQgQ, tQsQ);
+  auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
+  for (int n = n_max - 1; n >= n_min; --n) {
+    pipe_k.producer_acquire(write);
+    copy(kp.tma_k.with(*pipe_k.producer_get_barrier(write), 0), tKgK(_, n), tKsK(_, write.index()));
+    pipe_v.producer_acquire(write);
+    copy(kp.tma_v.with(*pipe_v.producer_get_barrier(write), 0), tVgV(_, n), tVsV(_, write.index()));
+    ++write;
+  }
+}
+
+// Consumer warpgroups: O (tOrO, unnormalised) and the softmax state for this thread's rows.
+// Software pipelining inside the warpgroup: S_n = Q K_n^T is issued before O += P_{n+1} V_{n+1}
+// of the previous tile, so the tensor cores run one GEMM while the softmax of the other waits.
+template <class Traits, class Mask, class TensorO, class Softmax>
+__device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits::Pipeline& pipe_k,
+                             typename Traits::Pipeline& pipe_v, const Mask& mask, int m_block, int n_min, int n_max,
+                             int mma_tid, TensorO& tOrO, Softmax& softmax) {
+  using TileShapeQK = typename Traits::TileShapeQK;
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(mma_tid);
+  auto thr_pv = mma_pv.get_thread_slice(mma_tid);
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutVt{});
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);   // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tScS = thr_qk.partition_C(make_identity_tensor(select<0, 1>(TileShapeQK{})));
+  Tensor coord_rc = make_tensor(tScS.data(), accumulator_rowcol(tScS.layout()));
+  constexpr int kRows = Softmax::kNumRows;
+
+  auto scores = [&]() { return partition_fragment_C(mma_qk, select<0, 1>(TileShapeQK{})); };
+  auto to_p = [&](auto const& tSrS) {
+    return convert_fragment<typename Traits::Element>(tSrS, accumulator_as_a_operand(tSrS.layout()));
+  };
+
+  clear(tOrO);
+  cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_q, 0);
+  typename Traits::PipelineState read;  // stage 0, phase 0
+
+  int n = n_max - 1;
+  Tensor tSrS = scores();
+  pipe_k.consumer_wait(read);
+  wgmma_gemm<true, 0>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), tSrS);
+  pipe_k.consumer_release(read);
+  {
+    Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));
+    if (mask.tile_needs_mask(m_block, n)) mask.apply(s_rc, coord_rc, m_block, n);
+    float row_scale[kRows];
+    softmax.template update<true>(s_rc, row_scale);
+  }
+  auto tOrP = to_p(tSrS);
+
+  for (--n; n >= n_min; --n) {
+    auto read_v = read;
+    ++read;
+    Tensor tSrS = scores();
+    pipe_k.consumer_wait(read);
+    wgmma_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), tSrS);
+    pipe_v.consumer_wait(read_v);
+    wgmma_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, read_v.index()), tOrO);
+    warpgroup_wait<1>();  // S is ready; O += P V may still run
+    pipe_k.consumer_release(read);
+    Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));
+    if (mask.tile_needs_mask(m_block, n)) mask.apply(s_rc, coord_rc, m_block, n);
+    float row_scale[kRows];
+    softmax.template update<false>(s_rc, row_scale);
+    warpgroup_wait<0>();
+    pipe_v.consumer_release(read_v);
+    Tensor o_rc = make_tensor(tOrO.data(), accumulator_rowcol(tOrO.layout()));
+    softmax.rescale(o_rc, row_scale);
+    tOrP = to_p(tSrS);
+  }
+
+  pipe_v.consumer_wait(read);
+  wgmma_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, read.index()), tOrO);
+  pipe_v.consumer_release(read);
+}
+
+}  // namespace attnx::fmha

@@ -1,0 +1,138 @@
+"""GPU tests of the packed (varlen) FMHA kernel against the reference.
+
+Random sequence lengths (0, 1, odd, longer than a 128-row tile), GQA ratios, causal and sliding
+windows, Lq != Lk per sequence; outputs poisoned (NaN) before each call; per-dtype tolerances.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import attnx
+from attnx import _native
+from conftest import rel_err
+from test_gpu_attention import LSE_TOL, OUT_TOL, built, poison_allocator
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not _native.has_cuda_kernel("varlen_attention"),
+    reason="needs a CUDA GPU and the native library")
+
+
+def cu_seqlens(lengths):
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return torch.tensor(cu, dtype=torch.int32, device="cuda")
+
+
+def run_case(dtype, d, lens_q, lens_k, hq, hk, causal, window):
+    cu_q, cu_k = cu_seqlens(lens_q), cu_seqlens(lens_k)
+    q = torch.randn(sum(lens_q), hq, d, device="cuda", dtype=dtype)
+    k = torch.randn(sum(lens_k), hk, d, device="cuda", dtype=dtype)
+    v = torch.randn(sum(lens_k), hk, d, device="cuda", dtype=dtype)
+    mq, mk = max(lens_q, default=0), max(lens_k, default=0)
+    assert _native.covers("varlen_attention", q, k, v)
+    poison_allocator()
+    out, lse = torch.ops.attnx.varlen_attention(q, k, v, cu_q, cu_k, mq, mk, causal, window[0], window[1], None)
+    torch.cuda.synchronize()
+    ref_out, ref_lse = attnx.reference.varlen_attention(q, k, v, cu_q, cu_k, mq, mk, causal=causal, window=window,
+                                                        return_lse=True)
+    assert rel_err(out, ref_out) < OUT_TOL[dtype]
+    assert not torch.isnan(lse).any()
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "empty rows differ"
+    fin = torch.isfinite(ref_lse)
+    if fin.any():
+        assert (lse[fin] - ref_lse[fin]).abs().max().item() < LSE_TOL
+
+
+LENGTHS = [
+    ([1], [1]),
+    ([0, 5, 0], [0, 5, 3]),
+    ([7, 130, 1, 257], [7, 130, 1, 257]),
+    ([200, 33], [64, 300]),  # Lq != Lk: bottom-right alignment per sequence
+    ([128, 129, 0, 511], [128, 129, 17, 511]),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lens", LENGTHS, ids=lambda x: "-".join(map(str, x[0])))
+def test_varlen_kernel_matches_reference(dtype, d, causal, lens):
+    if not built(dtype, d):
+        pytest.skip("instance not built")
+    run_case(dtype, d, lens[0], lens[1], 4, 2, causal, (-1, -1))
+
+
+@pytest.mark.parametrize("window", [(0, 0), (16, 0), (100, 7), (-1, 40), (300, -1)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_kernel_windows(window, causal):
+    d = 128 if built(torch.bfloat16, 128) else 64
+    run_case(torch.bfloat16, d, [300, 1, 129, 64], [300, 40, 129, 500], 2, 1, causal, window)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_varlen_kernel_random_batches(seed):
+    rng = random.Random(seed)
+    d = 128 if built(torch.bfloat16, 128) else 64
+    b = rng.randint(1, 9)
+    lens_q = [rng.choice([0, 1, rng.randint(1, 400)]) for _ in range(b)]
+    lens_k = [n if rng.random() < 0.5 else rng.randint(0, 400) for n in lens_q]
+    hk = rng.choice([1, 2, 4])
+    window = rng.choice([(-1, -1), (rng.randint(0, 200), rng.randint(-1, 50))])
+    run_case(torch.bfloat16, d, lens_q, lens_k, hk * rng.choice([1, 2, 3]), hk, rng.random() < 0.5, window)
+
+
+def test_varlen_packed_qkv_views():
+    """q/k/v as views of one packed [T, 3, H, D] tensor (row stride 3*H*D): no copies."""
+    d = 128 if built(torch.bfloat16, 128) else 64
+    lens = [100, 0, 257, 3]
+    cu = cu_seqlens(lens)
+    qkv = torch.randn(sum(lens), 3, 4, d, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.unbind(1)
+    out = attnx.varlen_attention(q, k, v, cu, cu, max(lens), max(lens), causal=True, scale=0.3)
+    ref = attnx.reference.varlen_attention(q, k, v, cu, cu, max(lens), max(lens), causal=True, scale=0.3)
+    assert rel_err(out, ref) < OUT_TOL[torch.bfloat16]
+
+
+def test_varlen_all_empty_and_no_keys():
+    d = 128 if built(torch.bfloat16, 128) else 64
+    run_case(torch.bfloat16, d, [3, 0, 9], [0, 0, 0], 2, 2, False, (-1, -1))
+    run_case(torch.bfloat16, d, [0, 0], [0, 4], 2, 2, True, (-1, -1))
+
+
+def test_varlen_malformed_cu_seqlens_raise():
+    d = 128 if built(torch.bfloat16, 128) else 64
+    q = torch.randn(10, 2, d, device="cuda", dtype=torch.bfloat16)
+    good = cu_seqlens([4, 6])
+    cases = [
+        ("cu_seqlens_q", torch.tensor([0, 6, 4], dtype=torch.int32, device="cuda"), good),   # decreasing
+        ("cu_seqlens_q", torch.tensor([0, 4, 11], dtype=torch.int32, device="cuda"), good),  # total mismatch
+        ("cu_seqlens_q", good.long(), good),                                                  # not int32
+        ("cu_seqlens_k", good, torch.tensor([0, 10], dtype=torch.int32, device="cuda")),     # wrong length
+    ]
+    for name, cq, ck in cases:
+        with pytest.raises(ValueError, match=name):
+            attnx.varlen_attention(q, q, q, cq, ck, 10, 10)
+    with pytest.raises(ValueError, match="max_seqlen_q"):
+        attnx.varlen_attention(q, q, q, good, good, 5, 10)
+    with pytest.raises(RuntimeError, match="cu_seqlens_q"):
+        torch.ops.attnx.varlen_attention(q, q, q, good.long(), good, 10, 10, False, -1, -1, None)
+
+
+def test_varlen_autograd_on_gpu():
+    """Forward through the kernel, backward through the varlen_attention_backward op."""
+    d = 128 if built(torch.bfloat16, 128) else 64
+    lens = [70, 0, 131]
+    cu = cu_seqlens(lens)
+    q, k, v = (torch.randn(sum(lens), 2, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    out = attnx.varlen_attention(q, k, v, cu, cu, 131, 131, causal=True)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    q2, k2, v2 = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+    ref = attnx.reference.varlen_attention(q2, k2, v2, cu, cu, 131, 131, causal=True)
+    for a, b in zip(grads, torch.autograd.grad(ref, (q2, k2, v2), g)):
+        assert rel_err(a, b) < 2e-2
