@@ -17,7 +17,8 @@ from conftest import HAS_CUDA, naive_masked, rel_err
 import attnx
 from attnx.bench import NO_GPU_NOTICE, main
 from attnx.bench import peers as P
-from attnx.bench.cases import gna_plan
+from attnx.bench.cases import gna_plan, mean_fraction_lengths
+from attnx.bench.common import TIMING, Ctx
 
 
 def test_dense_quick_writes_json(tmp_path, capsys):
@@ -46,6 +47,22 @@ def test_list(capsys):
     for fam in ("ceilings", "dense", "varlen", "neighborhood", "gna", "mla", "pq_sparse"):
         assert f"  {fam}:" in out
     assert "    - " in out
+    assert "ByteTransformer: " in out  # the varlen family's padded-vs-packed case
+
+
+def test_byte_transformer_lengths_and_padded_sdpa_peer():
+    lens = mean_fraction_lengths(64, 512, 0.6)
+    assert lens == mean_fraction_lengths(64, 512, 0.6) and len(lens) == 64
+    assert abs(sum(lens) / 64 - 0.6 * 512) < 0.5 and min(lens) >= 0.2 * 512 and max(lens) <= 512
+
+    lens, seqlen, h, d = [5, 1, 8, 3], 8, 2, 16
+    cu = torch.tensor([0, 5, 6, 14, 17], dtype=torch.int32)
+    q, k, v = (torch.randn(sum(lens), h, d, dtype=torch.float64) for _ in range(3))
+    ref = attnx.reference.varlen_attention(q, k, v, cu, cu, max(lens), max(lens))
+    ctx = Ctx(device=torch.device("cpu"), mode="cpu-quick", dtype=torch.float64, timing=TIMING["cpu-quick"])
+    peer = P.padded_sdpa_peer(ctx, lens, seqlen)
+    out = peer.output(peer.run(peer.prepare({"q": q, "k": k, "v": v})))
+    assert rel_err(out, ref) < 1e-10
 
 
 def test_unknown_family(capsys):

@@ -136,3 +136,15 @@ def test_varlen_autograd_on_gpu():
     ref = attnx.reference.varlen_attention(q2, k2, v2, cu, cu, 131, 131, causal=True)
     for a, b in zip(grads, torch.autograd.grad(ref, (q2, k2, v2), g)):
         assert rel_err(a, b) < 2e-2
+
+
+def test_varlen_values_rechecked_after_in_place_change():
+    """cu_seqlens are checked once per tensor pair; an in-place edit (new version) is checked again."""
+    d = 128 if built(torch.bfloat16, 128) else 64
+    q = torch.randn(10, 2, d, device="cuda", dtype=torch.bfloat16)
+    cu = cu_seqlens([4, 6])
+    attnx.varlen_attention(q, q, q, cu, cu, 6, 6)
+    attnx.varlen_attention(q, q, q, cu, cu, 6, 6)
+    cu[1] = 7  # [0, 7, 10]: well formed, but sequence 0 is now longer than max_seqlen 6
+    with pytest.raises(ValueError, match="max_seqlen_q"):
+        attnx.varlen_attention(q, q, q, cu, cu, 6, 6)

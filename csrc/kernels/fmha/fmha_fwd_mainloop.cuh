@@ -9,6 +9,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 
+#include "../common/named_barrier.cuh"
 #include "fmha_fwd_traits.h"
 #include "fmha_params.h"
 #include "online_softmax.cuh"
@@ -63,6 +64,26 @@ __device__ void fmha_fwd_load(const FmhaFwdKernelParams<Traits>& kp, typename Tr
   }
 }
 
+// Ping-pong between consumer warpgroups: a warpgroup issues its GEMMs only after the previous
+// one has issued its own, so while one runs its softmax (exp on the MUFU, the bottleneck at small
+// head dims) the tensor cores work for another. Warpgroup w waits on barrier kSchedulerId + w and
+// releases its successor; the first warpgroup is released once at the start.
+template <class Traits>
+struct WarpgroupScheduler {
+  static constexpr int kWarpgroups = Traits::kNumMmaWarpgroups;
+  static constexpr int kFirstId = 4;  // named-barrier ids kFirstId .. kFirstId + kWarpgroups - 1
+  int wg;
+  __device__ explicit WarpgroupScheduler(int mma_tid) : wg(mma_tid / 128) {
+    if (Traits::kPingPong && wg == 0) NamedBarrier::arrive(kFirstId, 256);
+  }
+  __device__ void wait() const {
+    if constexpr (Traits::kPingPong) NamedBarrier::sync(kFirstId + wg, 256);
+  }
+  __device__ void pass() const {
+    if constexpr (Traits::kPingPong) NamedBarrier::arrive(kFirstId + (wg + 1) % kWarpgroups, 256);
+  }
+};
+
 // Consumer warpgroups: O (tOrO, unnormalised) and the softmax state for this thread's rows.
 // Software pipelining inside the warpgroup: S_n = Q K_n^T is issued before O += P_{n+1} V_{n+1}
 // of the previous tile, so the tensor cores run one GEMM while the softmax of the other waits.
@@ -91,13 +112,17 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
   };
 
   clear(tOrO);
+  const WarpgroupScheduler<Traits> scheduler(mma_tid);
   cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_q, 0);
   typename Traits::PipelineState read;  // stage 0, phase 0
 
   int n = n_max - 1;
   Tensor tSrS = scores();
   pipe_k.consumer_wait(read);
-  wgmma_gemm<true, 0>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), tSrS);
+  scheduler.wait();
+  wgmma_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), tSrS);
+  scheduler.pass();
+  warpgroup_wait<0>();
   pipe_k.consumer_release(read);
   {
     Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));
@@ -112,9 +137,11 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
     ++read;
     Tensor tSrS = scores();
     pipe_k.consumer_wait(read);
+    scheduler.wait();
     wgmma_gemm<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, read.index()), tSrS);
     pipe_v.consumer_wait(read_v);
     wgmma_gemm<false, -1>(mma_pv, tOrP, tOrV(_, _, _, read_v.index()), tOrO);
+    scheduler.pass();
     warpgroup_wait<1>();  // S is ready; O += P V may still run
     pipe_k.consumer_release(read);
     Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));

@@ -16,13 +16,15 @@ namespace attnx::fmha {
 
 using namespace cute;
 
-template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_>
+template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
 struct FmhaFwdTraits {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBlockM_;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
+  // Consumer warpgroups take turns issuing GEMMs (see WarpgroupScheduler).
+  static constexpr bool kPingPong = kPingPong_;
   static_assert(kBlockM % 64 == 0, "each consumer warpgroup owns 64 rows (the wgmma M)");
   static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "wgmma K steps are 16 elements");
 
@@ -87,17 +89,18 @@ struct FmhaFwdTraits {
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");
 };
 
-// Tile shapes per head dim (one place): wider KV tiles amortise the softmax when the
-// accumulators leave room for them.
+// Tile shapes per head dim (one place; measurements in docs/perf-notes.md). Head dim 64 is
+// softmax-bound (the exponentials cost about as much as its GEMMs): three consumer warpgroups
+// taking turns keep the tensor cores busy. Head dim 128 ran faster without the turns.
 template <typename Element, int kHeadDim>
 struct FmhaFwdConfig;
 template <typename Element>
 struct FmhaFwdConfig<Element, 64> {
-  using Traits = FmhaFwdTraits<Element, 64, 128, 128, 2>;
+  using Traits = FmhaFwdTraits<Element, 64, 192, 128, 2, true>;
 };
 template <typename Element>
 struct FmhaFwdConfig<Element, 128> {
-  using Traits = FmhaFwdTraits<Element, 128, 128, 128, 2>;
+  using Traits = FmhaFwdTraits<Element, 128, 128, 128, 2, false>;
 };
 
 }  // namespace attnx::fmha

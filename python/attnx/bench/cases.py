@@ -98,6 +98,15 @@ VARLEN = {  # (number of sequences, max length, H, D)
     "cpu": (4, 256, 2, 64),
     "cpu-quick": (3, 128, 2, 64),
 }
+# The ByteTransformer setting (BERT-base attention): 64 sentences of at most 512 tokens averaging
+# 0.6 * 512, 12 heads of 64, non-causal; peers: varlen_attn and SDPA on the padded [64, 512, 12, 64]
+# batch with a key-padding mask.
+VARLEN_BT = {  # (number of sentences, max length, H, D)
+    "full": (64, 512, 12, 64),
+    "quick": (16, 512, 12, 64),
+    "cpu": (8, 128, 2, 64),
+    "cpu-quick": (4, 64, 2, 64),
+}
 
 
 def varlen_lengths(n: int, max_len: int, seed: int = 0) -> list:
@@ -107,13 +116,32 @@ def varlen_lengths(n: int, max_len: int, seed: int = 0) -> list:
     return [max(1, int(round(f * max_len))) for f in frac.tolist()]
 
 
+def mean_fraction_lengths(n: int, max_len: int, mean: float = 0.6, seed: int = 0) -> list:
+    """n lengths spread evenly over [2 * mean - 1, 1] * max_len (the midpoints of n equal slices), in a
+    seeded random order: the spread of a uniform draw, with an average of exactly ``mean`` * max_len
+    (up to rounding). mean = 0.6: [0.2, 1] * max_len, as in ByteTransformer's benchmarks."""
+    lo = 2 * mean - 1
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g).tolist()
+    return [max(1, int(round((lo + (1 - lo) * (i + 0.5) / n) * max_len))) for i in order]
+
+
 def varlen(ctx: Ctx) -> list:
     n, max_len, h, d = VARLEN[ctx.mode]
     lens = varlen_lengths(n, max_len)
-    return [_varlen_case(ctx, lens, max_len, h, d, causal) for causal in (False, True)]
+    cases = [_varlen_case(ctx, lens, max_len, h, d, causal) for causal in (False, True)]
+    n, max_len, h, d = VARLEN_BT[ctx.mode]
+    lens = mean_fraction_lengths(n, max_len, 0.6)
+    cases.append(_varlen_case(
+        ctx, lens, max_len, h, d, False, padded_peer=True,
+        name=f"ByteTransformer: {n} seqs, mean {sum(lens) / n / max_len:.2f}*{max_len} (T={sum(lens)}) H{h} D{d}",
+        note=f"padded SDPA: [{n}, {max_len}, {h}, {d}] with a key-padding mask; TFLOP/s over real tokens only"))
+    return cases
 
 
-def _varlen_case(ctx, lens, nominal_max, h, d, causal):
+def _varlen_case(ctx, lens, nominal_max, h, d, causal, *, padded_peer=False, name=None, note=""):
+    """Packed sequences of the given lengths. Peers: varlen_attn (CUDA) and flex with a document mask,
+    or (``padded_peer``) varlen_attn and SDPA on the [B, nominal_max] padded batch with a key mask."""
     total = sum(lens)
     cu_list = [0] + list(itertools.accumulate(lens))
     max_len = max(lens)
@@ -143,16 +171,23 @@ def _varlen_case(ctx, lens, nominal_max, h, d, causal):
         out = [_attnx_impl(ctx, run, lambda s: ctx.op_status("varlen_attention"))]
         if ctx.cuda:
             out.append(P.varlen_attn_peer(ctx, causal=causal))
-        out.append(P.flex_peer(ctx, doc_mask, tokens=total, packed=True, padded_tokens=padded,
-                               name="flex (document mask)"))
+        if padded_peer:
+            out.append(P.padded_sdpa_peer(ctx, lens, nominal_max))
+        else:
+            out.append(P.flex_peer(ctx, doc_mask, tokens=total, packed=True, padded_tokens=padded,
+                                   name="flex (document mask)"))
         return out
 
-    return Case(family="varlen", name=f"{len(lens)} seqs of [0.2,1]*{nominal_max} (T={total}) H{h} D{d}"
-                f"{' causal' if causal else ''}",
+    if name is None:
+        name = f"{len(lens)} seqs of [0.2,1]*{nominal_max} (T={total}) H{h} D{d}{' causal' if causal else ''}"
+    params = {"num_seqs": len(lens), "lengths": lens, "total_tokens": total, "H": h, "D": d,
+              "causal": causal, "attended_pairs": pairs}
+    if padded_peer:
+        params.update(padded_len=nominal_max, padded_tokens=len(lens) * nominal_max,
+                      mean_len_fraction=total / (len(lens) * nominal_max))
+    return Case(family="varlen", name=name,
                 make_set=make_set, impls=impls, set_bytes=3 * total * h * d * ctx.dtype.itemsize, expected=expected,
-                flops=attention_flops(1, h, d, pairs), dtype=ctx.dtype,
-                params={"num_seqs": len(lens), "lengths": lens, "total_tokens": total, "H": h, "D": d,
-                        "causal": causal, "attended_pairs": pairs})
+                flops=attention_flops(1, h, d, pairs), dtype=ctx.dtype, note=note, params=params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,7 +536,7 @@ def ceilings(ctx: Ctx) -> list:
 FAMILIES = {
     "ceilings": (ceilings, "device ceilings: copy and read-only bandwidth, bf16 matmul"),
     "dense": (dense, "attnx.attention vs SDPA flash / cuDNN"),
-    "varlen": (varlen, "attnx.varlen_attention vs varlen_attn / flex (document mask)"),
+    "varlen": (varlen, "attnx.varlen_attention vs varlen_attn / flex (document mask) / padded SDPA (key mask)"),
     "neighborhood": (neighborhood, "attnx.neighborhood_attention vs flex (NA mask)"),
     "gna": (gna, "strided NA and attnx.block_sparse_attention over GNA tile plans vs flex"),
     "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),

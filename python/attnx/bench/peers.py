@@ -1,6 +1,6 @@
-"""Peers measured beside attnx: PyTorch SDPA (flash / cuDNN backends), varlen_attn, flex_attention
-(compiled, with block masks equivalent to the neighbourhood / block-sparse / document patterns) and
-a plain-PyTorch MLA decode.
+"""Peers measured beside attnx: PyTorch SDPA (flash / cuDNN backends; padded with a key-padding mask
+beside packed varlen), varlen_attn, flex_attention (compiled, with block masks equivalent to the
+neighbourhood / block-sparse / document patterns) and a plain-PyTorch MLA decode.
 
 Each builder returns an :class:`Impl`; a peer that cannot run here raises NotAvailable (from its
 ``setup`` or ``run``), which the runner prints as "n/a: reason".
@@ -105,6 +105,47 @@ def varlen_attn_peer(ctx: Ctx, *, causal: bool) -> Impl:
         return out[0] if isinstance(out, (tuple, list)) else out
 
     return Impl(name="varlen_attn", run=run, setup=setup, kernel="peer")
+
+
+def padded_sdpa_peer(ctx: Ctx, lens: Sequence[int], seqlen: int, name: str = "sdpa (padded, key mask)",
+                     note: str = "") -> Impl:
+    """The padded baseline of a packed varlen case: SDPA (default dispatch) on [B, H, seqlen, D] with a
+    boolean key-padding mask [B, 1, 1, seqlen].
+
+    Only the padded call is timed: the padding of the set's packed q/k/v [T, H, D] (sequence b is
+    rows cu[b]:cu[b+1]) and the mask are built in ``prepare``; the output is packed back to [T, H, D]
+    (untimed) for the check. Padded query rows attend to the real keys of their sentence (their
+    output is discarded), so no row is fully masked.
+    """
+    b = len(lens)
+    state = {}
+
+    def rows():  # flat [B * seqlen] positions of the real tokens, and the key-padding mask
+        if not state:
+            lens_t = torch.tensor(list(lens), device=ctx.device)
+            pos = torch.arange(seqlen, device=ctx.device)
+            keep = pos[None, :] < lens_t[:, None]  # [B, seqlen]
+            state["idx"] = torch.nonzero(keep.flatten(), as_tuple=False).flatten()
+            state["mask"] = keep[:, None, None, :]
+        return state["idx"], state["mask"]
+
+    def pad(x):  # [T, H, D] -> contiguous [B, H, seqlen, D], zeros where no token is
+        idx, _ = rows()
+        out = x.new_zeros((b * seqlen, *x.shape[1:]))
+        out[idx] = x
+        return out.view(b, seqlen, *x.shape[1:]).transpose(1, 2).contiguous()
+
+    def prepare(s):
+        return pad(s["q"]), pad(s["k"]), pad(s["v"]), rows()[1]
+
+    def run(a):
+        q, k, v, mask = a
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def output(o):  # [B, H, seqlen, D] -> packed [T, H, D]
+        return o.transpose(1, 2).reshape(b * seqlen, o.shape[1], o.shape[3])[rows()[0]]
+
+    return Impl(name=name, run=run, prepare=prepare, output=output, kernel="peer", note=note)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Dense attention, padding-free varlen attention and unpad/pad: ops and public API."""
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .. import _native
@@ -83,6 +85,28 @@ def attention(q, k, v, *, causal=False, scale=None, return_lse=False):
     return (out, lse) if return_lse else out
 
 
+_validated: dict = {}  # id(cu_seqlens_q) -> (weakref q, weakref k, version q, version k, shape key)
+
+
+def _check_varlen_values_once(q, k, cu_q, cu_k, max_q, max_k):
+    """Value checks of cu_seqlens (a small copy to the host, so a sync), once per pair of tensors.
+
+    The kernel never reads or writes out of bounds whatever the values (it clamps every sequence
+    to the packed tensors); this check turns malformed values into a clear error. A model calls
+    varlen attention in every layer with the same cu_seqlens: the pair is checked on first use and
+    again only after an in-place change (tensor version) or with other sizes.
+    """
+    key = (q.shape[0], k.shape[0], int(max_q), int(max_k))
+    hit = _validated.get(id(cu_q))
+    if (hit is not None and hit[0]() is cu_q and hit[1]() is cu_k and hit[2] == cu_q._version
+            and hit[3] == cu_k._version and hit[4] == key):
+        return
+    ref.check_varlen_values(q, k, cu_q, cu_k, max_q, max_k)
+    cid = id(cu_q)
+    _validated[cid] = (weakref.ref(cu_q, lambda _: _validated.pop(cid, None)), weakref.ref(cu_k),
+                       cu_q._version, cu_k._version, key)
+
+
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
                      window=(-1, -1), scale=None, return_lse=False):
     """Padding-free attention over packed sequences; see :func:`attnx.reference.varlen_attention`."""
@@ -92,9 +116,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                                         bool(causal), tuple(window), scale)
     else:
         if q.is_cuda and not torch.compiler.is_compiling():
-            # The kernel never reads or writes out of bounds, whatever the values; this check
-            # (one small copy to the host) turns malformed cu_seqlens into a clear error.
-            ref.check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+            _check_varlen_values_once(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
         out, lse = varlen_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal),
                              int(window[0]), int(window[1]), scale)
     return (out, lse) if return_lse else out
