@@ -14,64 +14,11 @@
 #include <utility>
 
 #include "checks.h"
+#include "fmha_binding.h"
 #include "fmha/fmha_api.h"
 
 namespace attnx::binding {
 namespace {
-
-void* current_stream(const char* op, const Tensor& t) {
-  void* stream = nullptr;
-  STD_TORCH_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream) == AOTI_TORCH_SUCCESS, op,
-                  ": could not get the current CUDA stream");
-  return stream;
-}
-
-// Checks shared by the dense and packed layouts (rank = 4 dense, 3 packed; dims from the end).
-void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t rank) {
-  check_cuda_16bit(op, "q", q, rank);
-  check_cuda_16bit(op, "k", k, rank);
-  check_cuda_16bit(op, "v", v, rank);
-  STD_TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
-                  ": arguments 'k' and 'v' must have the dtype of 'q'");
-  STD_TORCH_CHECK(k.get_device_index() == q.get_device_index() && v.get_device_index() == q.get_device_index(), op,
-                  ": arguments 'q', 'k', 'v' must be on one device");
-  const int64_t D = q.size(rank - 1), Hq = q.size(rank - 2), Hk = k.size(rank - 2);
-  STD_TORCH_CHECK(k.size(rank - 1) == D, op, ": argument 'k' has head dim ", k.size(rank - 1), "; expected ", D,
-                  " (that of 'q')");
-  STD_TORCH_CHECK(v.size(rank - 3) == k.size(rank - 3) && v.size(rank - 2) == Hk, op, ": argument 'v' has shape ",
-                  shape_str(v), "; its rows and heads must match 'k' ", shape_str(k));
-  STD_TORCH_CHECK(v.size(rank - 1) == D, op, ": argument 'v' has head dim ", v.size(rank - 1),
-                  "; the native kernel needs Dv == D (", D, "); the Python API runs the reference for it");
-  STD_TORCH_CHECK(Hk > 0 && Hq % Hk == 0, op, ": argument 'k' has ", Hk, " heads; allowed: a divisor of ", Hq,
-                  " (the heads of 'q')");
-  STD_TORCH_CHECK(q.size(rank - 3) < (1LL << 31) && k.size(rank - 3) < (1LL << 31), op,
-                  ": sequence lengths must be below 2^31");
-  check_16b_aligned(op, "q", q);
-  check_16b_aligned(op, "k", k);
-  check_16b_aligned(op, "v", v);
-}
-
-fmha::FmhaFwdParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                const Tensor& lse, std::optional<double> scale) {
-  const int64_t r = q.dim();  // strides from the end: [B,] L, H, D
-  fmha::FmhaFwdParams p;
-  p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
-  p.out = out.data_ptr();
-  p.lse = static_cast<float*>(lse.data_ptr());
-  p.q_row_stride = q.stride(r - 3), p.q_head_stride = q.stride(r - 2);
-  p.k_row_stride = k.stride(r - 3), p.k_head_stride = k.stride(r - 2);
-  p.v_row_stride = v.stride(r - 3), p.v_head_stride = v.stride(r - 2);
-  p.o_row_stride = out.stride(r - 3), p.o_head_stride = out.stride(r - 2);
-  if (r == 4) {
-    p.q_batch_stride = q.stride(0), p.k_batch_stride = k.stride(0), p.v_batch_stride = v.stride(0);
-    p.o_batch_stride = out.stride(0);
-  }
-  p.num_heads_q = static_cast<int>(q.size(r - 2)), p.num_heads_k = static_cast<int>(k.size(r - 2));
-  p.head_dim = static_cast<int>(q.size(r - 1));
-  p.scale = static_cast<float>(scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim)));
-  p.dtype = q.scalar_type() == ScalarType::Half ? fmha::DType::kFloat16 : fmha::DType::kBFloat16;
-  return p;
-}
 
 void run(const char* op, const fmha::FmhaFwdParams& p, const Tensor& q) {
   const Status status = fmha::fmha_fwd(p, static_cast<cudaStream_t>(current_stream(op, q)));
@@ -105,19 +52,7 @@ std::tuple<Tensor, Tensor> varlen_attention_cuda(Tensor q, Tensor k, Tensor v, T
                                                  std::optional<double> scale) {
   constexpr const char* kOp = "attnx::varlen_attention";
   check_qkv(kOp, q, k, v, 3);
-  for (auto [name, cu] : {std::pair<const char*, const Tensor*>{"cu_seqlens_q", &cu_seqlens_q},
-                          std::pair<const char*, const Tensor*>{"cu_seqlens_k", &cu_seqlens_k}}) {
-    STD_TORCH_CHECK(cu->is_cuda() && cu->get_device_index() == q.get_device_index(), kOp, ": argument '", name,
-                    "' must be on the device of 'q'");
-    STD_TORCH_CHECK(cu->scalar_type() == ScalarType::Int && cu->dim() == 1 && cu->size(0) >= 1 &&
-                        (cu->size(0) == 1 || cu->stride(0) == 1),
-                    kOp, ": argument '", name, "' must be a contiguous int32 tensor [B + 1]; got shape ",
-                    shape_str(*cu));
-  }
-  STD_TORCH_CHECK(cu_seqlens_k.size(0) == cu_seqlens_q.size(0), kOp, ": argument 'cu_seqlens_k' has ",
-                  cu_seqlens_k.size(0), " entries; expected ", cu_seqlens_q.size(0), " (as cu_seqlens_q)");
-  STD_TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_q < (1LL << 31) && max_seqlen_k >= 0 && max_seqlen_k < (1LL << 31),
-                  kOp, ": max_seqlen_q / max_seqlen_k must be in [0, 2^31)");
+  check_cu_seqlens(kOp, cu_seqlens_q, cu_seqlens_k, q, max_seqlen_q, max_seqlen_k);
   const int64_t Tq = q.size(0), Hq = q.size(1), D = q.size(2);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
   Tensor out = torch::stable::new_empty(q, {Tq, Hq, D});

@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "../common/cuda_check.h"
 #include "fmha_params.h"
 
@@ -10,6 +12,22 @@ namespace attnx::fmha {
 
 // Runs the forward instance matching (dtype, head_dim); kUnsupported if none was built.
 Status fmha_fwd(const FmhaFwdParams& params, cudaStream_t stream);
+
+// Backward (dq, dk, dv) of the matching instance. p.workspace must hold
+// fmha_bwd_workspace_floats(p) floats (no initialisation needed) and p.ws_rows = fmha_bwd_ws_rows(p).
+// Problems with no query or no key rows at all are kUnsupported (the caller returns zeros).
+Status fmha_bwd(const FmhaBwdParams& params, cudaStream_t stream);
+
+// Workspace of the backward: rows per head, and floats in all ((head dim + 2) per row and head).
+inline int64_t fmha_bwd_ws_rows(const FmhaFwdParams& p) {
+  constexpr int64_t kPad = 64;  // the backward's Q tile (kBwdBlockM)
+  auto round_up = [](int64_t x) { return (x + kPad - 1) / kPad * kPad; };
+  return p.cu_seqlens_q != nullptr ? round_up(p.total_q) + 2 * kPad * (int64_t)p.batch
+                                   : (int64_t)p.batch * round_up(p.seqlen_q);
+}
+inline int64_t fmha_bwd_workspace_floats(const FmhaFwdParams& p) {
+  return fmha_bwd_ws_rows(p) * p.num_heads_q * (p.head_dim + 2);
+}
 
 // Newline-separated names of the kernel instances compiled into this library
 // (e.g. "fmha_fwd_bf16_hdim128").

@@ -40,6 +40,22 @@ struct WindowMask {
     }
   }
 
+  // [m_min, m_max): the Q tiles with a row that sees some key of KV tile n_block (backward).
+  __device__ void m_block_range(int n_block, int& m_min, int& m_max) const {
+    const int offset = seqlen_k - seqlen_q;
+    m_max = (seqlen_q + kBlockM - 1) / kBlockM;
+    m_min = 0;
+    if (left < kUnbounded) {
+      const long long last = (long long)(n_block + 1) * kBlockN - 1 + left - offset;  // last row seeing the tile
+      const long long limit = last < 0 ? 0 : last / kBlockM + 1;
+      if (limit < m_max) m_max = (int)limit;
+    }
+    if (right < kUnbounded) {
+      const long long first = (long long)n_block * kBlockN - offset - right;  // first row seeing the tile
+      if (first > 0) m_min = (int)min(first / kBlockM, (long long)m_max);
+    }
+  }
+
   // Whether tile n_block of Q tile m_block has any invisible (row < seqlen_q, key) pair that the
   // element mask must remove; tiles strictly inside the band skip the per-element work.
   __device__ bool tile_needs_mask(int m_block, int n_block) const {
@@ -65,6 +81,21 @@ struct WindowMask {
       for (int ni = 0; ni < cute::size<1>(s_rc); ++ni) {
         const int j = n_block * kBlockN + cute::get<1>(coord_rc(0, ni));
         if (j > hi || j < lo) s_rc(mi, ni) = -INFINITY;
+      }
+    }
+  }
+
+  // The same on transposed scores (rows = keys, cols = queries), as the backward holds them.
+  template <class TensorS, class TensorC>
+  __device__ void apply_transposed(TensorS& st_rc, TensorC const& coord_rc, int m_block, int n_block) const {
+    const int offset = seqlen_k - seqlen_q;
+    CUTLASS_PRAGMA_UNROLL
+    for (int ni = 0; ni < cute::size<0>(st_rc); ++ni) {
+      const int j = n_block * kBlockN + cute::get<0>(coord_rc(ni, 0));
+      CUTLASS_PRAGMA_UNROLL
+      for (int mi = 0; mi < cute::size<1>(st_rc); ++mi) {
+        const long long i = (long long)m_block * kBlockM + cute::get<1>(coord_rc(0, mi));
+        if (j >= seqlen_k || j > i + offset + right || j < i + offset - left) st_rc(ni, mi) = -INFINITY;
       }
     }
   }

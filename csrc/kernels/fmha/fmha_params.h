@@ -48,3 +48,23 @@ struct FmhaFwdParams {
 };
 
 }  // namespace attnx::fmha
+
+namespace attnx::fmha {
+
+// Backward: the forward's fields describe q, k, v, out (= O) and lse; these add dO, the optional
+// gradient of lse, the gradients, and a float32 workspace (see fmha_bwd_workspace_floats).
+struct FmhaBwdParams : FmhaFwdParams {
+  const void* dout = nullptr;
+  int64_t do_batch_stride = 0, do_row_stride = 0, do_head_stride = 0;
+  const float* dlse = nullptr;  // layout of lse, or nullptr
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t dq_batch_stride = 0, dq_row_stride = 0, dq_head_stride = 0;
+  int64_t dk_batch_stride = 0, dk_row_stride = 0, dk_head_stride = 0;
+  int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
+  float* workspace = nullptr;
+  int64_t ws_rows = 0;  // rows per head of the workspace arrays
+};
+
+}  // namespace attnx::fmha

@@ -94,8 +94,13 @@ def _check_varlen_values_once(q, k, cu_q, cu_k, max_q, max_k):
     The kernel never reads or writes out of bounds whatever the values (it clamps every sequence
     to the packed tensors); this check turns malformed values into a clear error. A model calls
     varlen attention in every layer with the same cu_seqlens: the pair is checked on first use and
-    again only after an in-place change (tensor version) or with other sizes.
+    again only after an in-place change (tensor version) or with other sizes. Inference tensors
+    have no version counter and are checked on every call.
     """
+    if cu_q.is_inference() or cu_k.is_inference():
+        # Inference tensors keep no version counter, so an in-place edit would go unseen: check.
+        ref.check_varlen_values(q, k, cu_q, cu_k, max_q, max_k)
+        return
     key = (q.shape[0], k.shape[0], int(max_q), int(max_k))
     hit = _validated.get(id(cu_q))
     if (hit is not None and hit[0]() is cu_q and hit[1]() is cu_k and hit[2] == cu_q._version

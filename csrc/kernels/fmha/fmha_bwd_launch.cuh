@@ -1,0 +1,63 @@
+// Host launcher of one backward instance: preprocess, main kernel, postprocess on one stream.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
+
+#include "../common/cuda_check.h"
+#include "fmha_bwd_kernel.cuh"
+#include "fmha_bwd_prepost.cuh"
+
+namespace attnx::fmha {
+
+template <class Traits>
+Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  using namespace cute;
+  const bool packed = p.cu_seqlens_q != nullptr;
+  const int rows_q = packed ? p.total_q : p.seqlen_q, rows_k = packed ? p.total_k : p.seqlen_k;
+  const int batches = packed ? 1 : p.batch;
+  if (p.batch == 0 || p.num_heads_q == 0 || (rows_q == 0 && rows_k == 0)) return Status::kSuccess;
+  if (p.batch > 65535 || p.num_heads_q > 65535 || p.workspace == nullptr || p.ws_rows < fmha_bwd_ws_rows(p))
+    return Status::kInvalidArgument;
+  if (rows_q == 0 || rows_k == 0) return Status::kUnsupported;  // the caller fills zeros (no TMA on empty tensors)
+
+  const dim3 pre_grid((unsigned)(round_up_rows(p.seqlen_q) / 8), p.num_heads_q, p.batch);
+  fmha_bwd_preprocess_kernel<Element><<<pre_grid, 256, 0, stream>>>(p);
+
+  auto gmem = [&](const void* ptr, int rows, int heads, int64_t row_stride, int64_t head_stride,
+                  int64_t batch_stride) {
+    if (packed) batch_stride = (int64_t)rows * row_stride;
+    return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)),
+                       make_shape(int32_t(rows), int32_t(Traits::kHeadDim), int32_t(heads), int32_t(batches)),
+                       make_stride(row_stride, _1{}, head_stride, batch_stride));
+  };
+  auto mQ = gmem(p.q, rows_q, p.num_heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride);
+  auto mdO = gmem(p.dout, rows_q, p.num_heads_q, p.do_row_stride, p.do_head_stride, p.do_batch_stride);
+  auto mK = gmem(p.k, rows_k, p.num_heads_k, p.k_row_stride, p.k_head_stride, p.k_batch_stride);
+  auto mV = gmem(p.v, rows_k, p.num_heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride);
+  using BlockQ = Shape<typename Traits::BM, typename Traits::D>;
+  using BlockKV = Shape<typename Traits::BN, typename Traits::D>;
+  auto sQ = take<0, 2>(typename Traits::SmemLayoutQ{});
+  FmhaBwdKernelParams<Traits> kp{
+      p,
+      make_tma_copy(SM90_TMA_LOAD{}, mQ, sQ, BlockQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mdO, sQ, BlockQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mK, typename Traits::SmemLayoutKV{}, BlockKV{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutKV{}, BlockKV{}, _1{}),
+      mQ.shape(),
+      mK.shape(),
+  };
+  auto kernel = fmha_bwd_kernel<Traits>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
+    return Status::kCudaError;
+  const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.num_heads_k, p.batch);
+  kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
+
+  const dim3 post_grid((unsigned)((p.seqlen_q + 7) / 8), p.num_heads_q, p.batch);
+  fmha_bwd_postprocess_kernel<Element><<<post_grid, 256, 0, stream>>>(p);
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+}  // namespace attnx::fmha

@@ -1,0 +1,185 @@
+// The two halves of the backward mainloop: the producer (K and V of this CTA's tile once; then per
+// visited (query head, Q tile) the Q and dO tiles with their lse / dpsum slices) and the consumer
+// warpgroups (five wgmma per step: S^T, dP^T, dV, dK, dQ).
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "../common/named_barrier.cuh"
+#include "fmha_bwd_prepost.cuh"
+#include "fmha_bwd_traits.h"
+#include "varlen_block_info.cuh"
+#include "wgmma_gemm.cuh"
+
+namespace attnx::fmha {
+
+using namespace cute;
+
+template <class Traits>
+struct FmhaBwdKernelParams {
+  FmhaBwdParams p;
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaQ tma_do;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  typename Traits::ShapeQKV shape_q;  // (rows, head dim, heads, batch) of the TMA tensors
+  typename Traits::ShapeQKV shape_k;
+};
+
+// The visited steps, in order: for each query head of the group, Q tiles m_min .. m_max - 1.
+struct BwdWalk {
+  int group, m_min, m_max;
+  __device__ int steps() const { return m_max > m_min ? group * (m_max - m_min) : 0; }
+};
+
+template <class Traits>
+__device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
+                              typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do,
+                              const VarlenBlockInfo& info, int batch, int n_block, int head_k, const BwdWalk& walk) {
+  using BlockQ = Shape<typename Traits::BM, typename Traits::D>;
+  using BlockKV = Shape<typename Traits::BN, typename Traits::D>;
+  const FmhaBwdParams& p = kp.p;
+  Tensor mK = kp.tma_k.get_tma_tensor(kp.shape_k)(_, _, head_k, info.tma_batch);
+  Tensor mV = kp.tma_v.get_tma_tensor(kp.shape_k)(_, _, head_k, info.tma_batch);
+  Tensor gK = local_tile(domain_offset(make_coord(info.offset_k, _0{}), mK), BlockKV{}, make_coord(n_block, _0{}));
+  Tensor gV = local_tile(domain_offset(make_coord(info.offset_k, _0{}), mV), BlockKV{}, make_coord(n_block, _0{}));
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
+  auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
+  auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_kv, 2 * Traits::kTmaBytesKV);
+  copy(kp.tma_k.with(ss.barrier_kv, 0), tKgK, tKsK);
+  copy(kp.tma_v.with(ss.barrier_kv, 0), tVgV, tVsV);
+
+  const BwdWorkspace ws(p);
+  auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
+  for (int g = 0; g < walk.group; ++g) {
+    const int head = head_k * walk.group + g;
+    Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q)(_, _, head, info.tma_batch);
+    Tensor mdO = kp.tma_do.get_tma_tensor(kp.shape_q)(_, _, head, info.tma_batch);
+    Tensor gQ = local_tile(domain_offset(make_coord(info.offset_q, _0{}), mQ), BlockQ{}, make_coord(_, _0{}));
+    Tensor gdO = local_tile(domain_offset(make_coord(info.offset_q, _0{}), mdO), BlockQ{}, make_coord(_, _0{}));
+    auto [tQgQ, tQsQ] = tma_partition(kp.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
+    auto [tdOgdO, tdOsdO] =
+        tma_partition(kp.tma_do, _0{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
+    const int64_t ws_head = (int64_t)head * p.ws_rows + ws_row0(p, batch, info);
+    for (int m = walk.m_min; m < walk.m_max; ++m) {
+      const int64_t ws_tile = ws_head + (int64_t)m * Traits::kBlockM;
+      pipe_q.producer_acquire(write);
+      copy(kp.tma_q.with(*pipe_q.producer_get_barrier(write), 0), tQgQ(_, m), tQsQ(_, write.index()));
+      SM90_BULK_COPY_G2S::copy(ws.lse_log2 + ws_tile, pipe_q.producer_get_barrier(write),
+                               ss.lse_log2[write.index()], Traits::kBlockM * sizeof(float));
+      pipe_do.producer_acquire(write);
+      copy(kp.tma_do.with(*pipe_do.producer_get_barrier(write), 0), tdOgdO(_, m), tdOsdO(_, write.index()));
+      SM90_BULK_COPY_G2S::copy(ws.dpsum + ws_tile, pipe_do.producer_get_barrier(write), ss.dpsum[write.index()],
+                               Traits::kBlockM * sizeof(float));
+      ++write;
+    }
+  }
+}
+
+// Consumer warpgroups: accumulate dK (unscaled) and dV for this thread's keys; add dQ partials
+// (unscaled) to the workspace.
+template <class Traits, class Mask, class TensordK, class TensordV>
+__device__ void fmha_bwd_mma(const FmhaBwdParams& p, typename Traits::SharedStorage& ss,
+                             typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do, const Mask& mask,
+                             const VarlenBlockInfo& info, int batch, int n_block, int head_k, const BwdWalk& walk,
+                             int mma_tid, TensordK& tdKrdK, TensordV& tdVrdV) {
+  using Element = typename Traits::Element;
+  typename Traits::TiledMmaSdP mma_sdp;
+  typename Traits::TiledMmadKV mma_dkv;
+  typename Traits::TiledMmadQ mma_dq;
+  auto thr_sdp = mma_sdp.get_thread_slice(mma_tid);
+  auto thr_dkv = mma_dkv.get_thread_slice(mma_tid);
+  auto thr_dq = mma_dq.get_thread_slice(mma_tid);
+
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+  Tensor sKt = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKVt{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
+  Tensor sQt = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQt{});
+  Tensor sdOt = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQt{});
+  Tensor sdS = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutdS{});
+  Tensor sdSt = make_tensor(make_smem_ptr(ss.ds.data()), typename Traits::SmemLayoutdSt{});
+
+  Tensor tSrK = thr_sdp.partition_fragment_A(sK);
+  Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tdPrV = thr_sdp.partition_fragment_A(sV);
+  Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);
+  Tensor tdVrdOt = thr_dkv.partition_fragment_B(sdOt);
+  Tensor tdKrQt = thr_dkv.partition_fragment_B(sQt);
+  Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
+  Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);
+
+  using TileSdP = Shape<typename Traits::BN, typename Traits::BM>;
+  Tensor tScS = thr_sdp.partition_C(make_identity_tensor(TileSdP{}));
+  Tensor coord_rc = make_tensor(tScS.data(), accumulator_rowcol(tScS.layout()));  // (key, query)
+  auto store_ds = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma_sdp);
+  auto thr_store_ds = store_ds.get_thread_slice(mma_tid);
+  Tensor tdSsdS = thr_store_ds.partition_D(sdSt);
+  Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<typename Traits::BM, typename Traits::D>{}));
+
+  const float scale_log2 = p.scale * 1.4426950408889634f;
+  const BwdWorkspace ws(p);
+  cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_kv, 0);
+  typename Traits::PipelineState read;
+  for (int g = 0; g < walk.group; ++g) {
+    const int head = head_k * walk.group + g;
+    float* dq_head = ws.dq_accum + ((int64_t)head * p.ws_rows + ws_row0(p, batch, info)) * Traits::kHeadDim;
+    for (int m = walk.m_min; m < walk.m_max; ++m) {
+      const int stage = read.index();
+      Tensor tSrS = partition_fragment_C(mma_sdp, TileSdP{});
+      Tensor tdPrdP = partition_fragment_C(mma_sdp, TileSdP{});
+      pipe_q.consumer_wait(read);
+      wgmma_gemm<true, -1>(mma_sdp, tSrK, tSrQ(_, _, _, stage), tSrS);
+      pipe_do.consumer_wait(read);
+      wgmma_gemm<true, -1>(mma_sdp, tdPrV, tdPrdO(_, _, _, stage), tdPrdP);
+      warpgroup_wait<1>();
+      Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));
+      if (mask.tile_needs_mask(m, n_block)) mask.apply_transposed(s_rc, coord_rc, m, n_block);
+      CUTLASS_PRAGMA_UNROLL
+      for (int ni = 0; ni < size<0>(s_rc); ++ni)
+        CUTLASS_PRAGMA_UNROLL
+        for (int mi = 0; mi < size<1>(s_rc); ++mi)
+          s_rc(ni, mi) = exp2f(s_rc(ni, mi) * scale_log2 - ss.lse_log2[stage][get<1>(coord_rc(0, mi))]);
+      warpgroup_wait<0>();
+      Tensor dp_rc = make_tensor(tdPrdP.data(), accumulator_rowcol(tdPrdP.layout()));
+      CUTLASS_PRAGMA_UNROLL
+      for (int ni = 0; ni < size<0>(dp_rc); ++ni)
+        CUTLASS_PRAGMA_UNROLL
+        for (int mi = 0; mi < size<1>(dp_rc); ++mi)
+          dp_rc(ni, mi) = s_rc(ni, mi) * (dp_rc(ni, mi) - ss.dpsum[stage][get<1>(coord_rc(0, mi))]);  // dS^T
+
+      Tensor rP = convert_fragment<Element>(tSrS, tSrS.layout());
+      Tensor rdS = convert_fragment<Element>(tdPrdP, tdPrdP.layout());
+      Tensor tdVrP = make_tensor(rP.data(), accumulator_as_a_operand(rP.layout()));
+      Tensor tdKrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
+      wgmma_gemm<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
+      wgmma_gemm<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
+
+      // dS through shared memory for dQ: wait until both warpgroups finished the previous dQ.
+      NamedBarrier::sync(1, Traits::kNumMmaThreads);
+      copy(store_ds, thr_store_ds.retile_S(rdS), tdSsdS);
+      cutlass::arch::fence_view_async_shared();  // generic-proxy writes read by wgmma (async proxy)
+      NamedBarrier::sync(2, Traits::kNumMmaThreads);
+      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<typename Traits::BM, typename Traits::D>{});
+      wgmma_gemm<true, 0>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);  // also retires the dV and dK batches
+      pipe_q.consumer_release(read);
+      pipe_do.consumer_release(read);
+      ++read;
+
+      float* dq_tile = dq_head + (int64_t)m * Traits::kBlockM * Traits::kHeadDim;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < size(tdQrdQ); i += 2) {  // value pairs are adjacent columns of one row
+        const int r = get<0>(tdQcdQ(i)), c = get<1>(tdQcdQ(i));
+        atomicAdd(reinterpret_cast<float2*>(dq_tile + r * Traits::kHeadDim + c), make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
+      }
+    }
+  }
+}
+
+}  // namespace attnx::fmha

@@ -1,0 +1,82 @@
+// The backward's float32 workspace and the two light kernels around the main one.
+//
+// Workspace, per query head, over ws_rows rows: dq_accum [Hq, ws_rows, D], lse_log2 [Hq, ws_rows],
+// dpsum [Hq, ws_rows]. Sequence b owns rows ws_row0(b) .. + round_up(len_b, kBwdBlockM), so every
+// 64-row Q tile has its own 256-byte aligned lse/dpsum slice and padding rows belong to no other
+// sequence (packed: round_up(cu[b], 64) + 2 * 64 * b never overlaps the next sequence's range).
+//   preprocess:  dpsum = rowsum(dO * O) - dlse, lse_log2 = lse * log2(e) (+inf for padding rows and
+//                rows without keys, so their P is 0), dq_accum = 0;
+//   postprocess: dq = dq_accum * scale in the input dtype.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "fmha_api.h"
+#include "fmha_bwd_traits.h"
+#include "fmha_params.h"
+#include "varlen_block_info.cuh"
+
+namespace attnx::fmha {
+
+static_assert(kBwdBlockM == 64, "fmha_bwd_ws_rows (fmha_api.h) pads rows to 64");
+
+__host__ __device__ inline int64_t round_up_rows(int64_t x) { return (x + kBwdBlockM - 1) / kBwdBlockM * kBwdBlockM; }
+
+__device__ inline int64_t ws_row0(const FmhaBwdParams& p, int b, const VarlenBlockInfo& info) {
+  return p.cu_seqlens_q != nullptr ? round_up_rows(info.offset_q) + 2 * kBwdBlockM * (int64_t)b
+                                   : (int64_t)b * round_up_rows(p.seqlen_q);
+}
+
+struct BwdWorkspace {
+  float* dq_accum;
+  float* lse_log2;
+  float* dpsum;
+  __host__ __device__ BwdWorkspace(const FmhaBwdParams& p) {
+    dq_accum = p.workspace;
+    lse_log2 = dq_accum + p.ws_rows * p.num_heads_q * p.head_dim;
+    dpsum = lse_log2 + p.ws_rows * p.num_heads_q;
+  }
+};
+
+// One warp per workspace row; grid (ceil(round_up(max_seqlen_q) / 8), Hq, B).
+template <typename Element>
+__global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdParams p) {
+  const int h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const VarlenBlockInfo info(p, b);
+  const int r = blockIdx.x * 8 + warp;
+  if (r >= round_up_rows(info.seqlen_q)) return;
+  const BwdWorkspace ws(p);
+  const int64_t row = (int64_t)h * p.ws_rows + ws_row0(p, b, info) + r;
+  for (int d = lane; d < p.head_dim; d += 32) ws.dq_accum[row * p.head_dim + d] = 0.f;
+  float dsum = 0.f, lse2 = INFINITY;
+  if (r < info.seqlen_q) {
+    const bool packed = p.cu_seqlens_q != nullptr;
+    const int64_t qrow = info.offset_q + r;
+    const auto* o = static_cast<const Element*>(p.out) + (packed ? 0 : b * p.o_batch_stride) +
+                    qrow * p.o_row_stride + (int64_t)h * p.o_head_stride;
+    const auto* dout = static_cast<const Element*>(p.dout) + (packed ? 0 : b * p.do_batch_stride) +
+                       qrow * p.do_row_stride + (int64_t)h * p.do_head_stride;
+    for (int d = lane; d < p.head_dim; d += 32) dsum += static_cast<float>(o[d]) * static_cast<float>(dout[d]);
+    for (int s = 16; s > 0; s >>= 1) dsum += __shfl_xor_sync(0xffffffff, dsum, s);
+    const int64_t lse_idx = (info.out_row0(p, b) + r) * p.num_heads_q + h;
+    const float lse = p.lse[lse_idx];
+    lse2 = lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;
+    if (p.dlse != nullptr) dsum -= p.dlse[lse_idx];
+  }
+  if (lane == 0) ws.lse_log2[row] = lse2, ws.dpsum[row] = dsum;
+}
+
+template <typename Element>
+__global__ void __launch_bounds__(256) fmha_bwd_postprocess_kernel(const FmhaBwdParams p) {
+  const int h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const VarlenBlockInfo info(p, b);
+  const int r = blockIdx.x * 8 + warp;
+  if (r >= info.seqlen_q) return;
+  const BwdWorkspace ws(p);
+  const float* acc = ws.dq_accum + ((int64_t)h * p.ws_rows + ws_row0(p, b, info) + r) * p.head_dim;
+  auto* dq = static_cast<Element*>(p.dq) + (p.cu_seqlens_q != nullptr ? 0 : b * p.dq_batch_stride) +
+             (info.offset_q + (int64_t)r) * p.dq_row_stride + (int64_t)h * p.dq_head_stride;
+  for (int d = lane; d < p.head_dim; d += 32) dq[d] = static_cast<Element>(acc[d] * p.scale);
+}
+
+}  // namespace attnx::fmha
