@@ -44,10 +44,33 @@ def test_dense_quick_writes_json(tmp_path, capsys):
 def test_list(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
-    for fam in ("ceilings", "dense", "varlen", "neighborhood", "gna", "mla", "pq_sparse"):
+    for fam in ("ceilings", "dense", "varlen", "dense_bwd", "varlen_bwd", "neighborhood", "gna", "mla", "pq_sparse"):
         assert f"  {fam}:" in out
     assert "    - " in out
     assert "ByteTransformer: " in out  # the varlen family's padded-vs-packed case
+
+
+def test_backward_families_quick(tmp_path, capsys):
+    """dense_bwd / varlen_bwd: the backward op timed against the reference gradients (dq, dk, dv)."""
+    path = tmp_path / "bwd.json"
+    rc = main(["--family", "dense_bwd", "varlen_bwd", "--quick", "--json", str(path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads(path.read_text())["rows"]
+    assert {r["family"] for r in rows} == {"dense_bwd", "varlen_bwd"}
+    assert not any("ByteTransformer" in r["case"] for r in rows)
+    ours = [r for r in rows if r["kind"] == "attnx"]
+    assert len(ours) == 4 and all(r["check"] == "ok" and r["ms"] > 0 for r in ours)
+    assert all(len(r["rel_err_parts"]) == 3 and r["rel_err"] == max(r["rel_err_parts"]) for r in ours)
+    assert all(r["params"]["pass"] == "backward" for r in rows)
+    # FLOPs: 2.5x those of the forward case of the same sizes
+    b, l, h, d = 1, 128, 2, 64
+    dense = next(r for r in ours if r["family"] == "dense_bwd" and not r["params"]["causal"])
+    assert dense["flops"] == 2.5 * 4 * b * h * d * l * l
+    peers = [r for r in rows if r["kind"] == "peer"]
+    if not HAS_CUDA:  # the default SDPA backward on the CPU; varlen_attn needs CUDA
+        assert [r["family"] for r in peers] == ["dense_bwd", "dense_bwd"]
+    assert all(r["check"] == "ok" for r in peers if r["status"] == "ok")
 
 
 def test_byte_transformer_lengths_and_padded_sdpa_peer():

@@ -7,7 +7,9 @@ float64 on a subset of the problem: the last batch element, all heads or, where 
 slow, the last two), then times attnx and the peers with CUDA events (warm-up, median of many
 runs, input sets rotating so that together they exceed L2). Without a GPU the references run on
 small sizes on the CPU (timed with perf_counter). Returns 0, or 1 if an attnx check failed (NaN,
-error above tolerance) or an attnx call raised.
+error above tolerance) or an attnx call raised. The backward families (dense_bwd, varlen_bwd) time
+the backward alone: the forward runs once, untimed, and dq, dk, dv are checked against the
+reference gradients.
 
 Files: cases.py (one function per family: sizes, inputs, FLOP/byte counts, which peers),
 peers.py (SDPA, varlen_attn, flex_attention with block masks, plain-PyTorch MLA), timing.py,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import attnx
+from attnx.reference import dense_varlen as _ref_dv
 
 from . import peers as P
 from .common import (Case, Ctx, Impl, attention_flops, causal_pairs, gathered_ref_seconds, last_batch_heads,
@@ -23,10 +24,12 @@ from .common import (Case, Ctx, Impl, attention_flops, causal_pairs, gathered_re
 # ----------------------------------------------------------------------------------------------
 
 
-def _attnx_impl(ctx: Ctx, run, kernel, *, ref_seconds: float = 0.0, output=None, note: str = "") -> Impl:
+def _attnx_impl(ctx: Ctx, run, kernel, *, ref_seconds: float = 0.0, output=None, note: str = "",
+                prepare=None) -> Impl:
     """attnx's own entry point. On the CPU it runs the reference (by design), so it is named so."""
     return Impl(name="attnx" if ctx.cuda else "reference", kind="attnx", run=run,
-                kernel=kernel if ctx.cuda else "reference", ref_seconds=ref_seconds, output=output, note=note)
+                kernel=kernel if ctx.cuda else "reference", ref_seconds=ref_seconds, output=output, note=note,
+                prepare=prepare)
 
 
 def _check_heads(ctx: Ctx, heads: int, cheap: bool) -> int:
@@ -188,6 +191,143 @@ def _varlen_case(ctx, lens, nominal_max, h, d, causal, *, padded_peer=False, nam
     return Case(family="varlen", name=name,
                 make_set=make_set, impls=impls, set_bytes=3 * total * h * d * ctx.dtype.itemsize, expected=expected,
                 flops=attention_flops(1, h, d, pairs), dtype=ctx.dtype, note=note, params=params)
+
+
+# ----------------------------------------------------------------------------------------------
+# dense_bwd, varlen_bwd: the backward alone
+# ----------------------------------------------------------------------------------------------
+# The usual convention: the forward does 2 matmuls (QK^T, PV), the backward 5 (QK^T recomputed,
+# dO V^T, P^T dO, dS K, dS^T Q), so backward FLOPs = 2.5x the forward's.
+BWD_FLOP_FACTOR = 2.5
+
+
+def _fmha_bwd_native(ctx: Ctx, op: str, q, k, v) -> bool:
+    """True if ``op`` ("attention" / "varlen_attention") and its backward run attnx's native kernels
+    for these inputs (as attnx.attention decides for the forward, plus a built fmha_bwd instance)."""
+    if not ctx.cuda:
+        return False
+    nat = attnx._native
+    tag = nat._DTYPE_TAG.get(q.dtype)
+    return (nat.covers(op, q, k, v) and nat.has_cuda_kernel(f"{op}_backward")
+            and f"fmha_bwd_{tag}_hdim{q.shape[-1]}" in nat.instances())
+
+
+def _ref_bwd_seconds(score_elems: float, d: int, blocks: int, cuda: bool) -> float:
+    """Rough cost of attnx.reference's attention backward: 6 fp32 matmuls over all score elements
+    (causal masks, not skips) plus per-block (sequence, chunk) host overhead."""
+    rate = 2e13 if cuda else 2e10
+    return 12.0 * score_elems * d / rate + blocks * (1e-3 if cuda else 2e-4)
+
+
+def dense_bwd(ctx: Ctx) -> list:
+    return [_dense_bwd_case(ctx, b, l, h, d, causal)
+            for (b, l, h, d), causal in itertools.product(DENSE[ctx.mode], (False, True))]
+
+
+def _dense_bwd_case(ctx, b, l, h, d, causal):
+    """Backward of the dense case. attnx: forward op once per input set (untimed, in prepare), the
+    timed call torch.ops.attnx.attention_backward(dout, None, ...). Peers: SDPA's backward."""
+    pairs = causal_pairs(l, l) if causal else l * l
+    item = ctx.dtype.itemsize
+    ref_full = _ref_bwd_seconds(b * h * l * l, d, b, ctx.cuda)
+    ref_check = _ref_bwd_seconds(h * l * l, d, 1, ctx.cuda)
+
+    def make_set(i):
+        return {n: randn((b, l, h, d), ctx) for n in ("q", "k", "v", "dout")}
+
+    def native(s):
+        return _fmha_bwd_native(ctx, "attention", s["q"], s["k"], s["v"])
+
+    def prepare(s):  # the forward, once per set, outside the timed region
+        a = dict(s, op=not ctx.cuda or native(s))  # CPU: the ops run the reference
+        if a["op"]:
+            a["out"], a["lse"] = torch.ops.attnx.attention(s["q"], s["k"], s["v"], causal, None)
+        else:  # a CUDA config without a native kernel: the reference, as attnx.attention does
+            a["out"], a["lse"] = _ref_dv.attention_fwd(s["q"], s["k"], s["v"], causal, None)
+        return a
+
+    def run(a):
+        if a["op"]:
+            return torch.ops.attnx.attention_backward(a["dout"], None, a["q"], a["k"], a["v"], a["out"], a["lse"],
+                                                      causal, None)
+        return _ref_dv.attention_bwd(a["dout"], None, a["q"], a["k"], a["v"], causal, None)
+
+    def expected(s):
+        return _ref_dv.attention_bwd(s["dout"][-1:], None, s["q"][-1:], s["k"][-1:], s["v"][-1:], causal, None)
+
+    def impls():
+        return ([_attnx_impl(ctx, run, lambda s: "native" if native(s) else "reference", ref_seconds=ref_full,
+                             prepare=prepare)] + P.sdpa_bwd_peers(ctx, causal=causal))
+
+    return Case(family="dense_bwd", name=f"B{b} L{l} H{h} D{d}{' causal' if causal else ''}", make_set=make_set,
+                impls=impls, set_bytes=5 * b * l * h * d * item + 4 * b * l * h, expected=expected,
+                subset=lambda g: tuple(x[-1:] for x in g), check_ref_seconds=ref_check,
+                flops=BWD_FLOP_FACTOR * attention_flops(b, h, d, pairs), dtype=ctx.dtype,
+                params={"B": b, "L": l, "H": h, "D": d, "causal": causal, "attended_pairs": pairs,
+                        "pass": "backward", "flop_factor": BWD_FLOP_FACTOR,
+                        "reference_estimate_s": round(ref_full, 2)})
+
+
+def varlen_bwd(ctx: Ctx) -> list:
+    n, max_len, h, d = VARLEN[ctx.mode]
+    lens = varlen_lengths(n, max_len)
+    return [_varlen_bwd_case(ctx, lens, max_len, h, d, causal) for causal in (False, True)]
+
+
+def _varlen_bwd_case(ctx, lens, nominal_max, h, d, causal):
+    """Backward of the packed varlen case. attnx: forward op once per set (untimed), the timed call
+    torch.ops.attnx.varlen_attention_backward(dout, None, ...). Peer: varlen_attn's backward (CUDA)."""
+    total = sum(lens)
+    cu_list = [0] + list(itertools.accumulate(lens))
+    max_len = max(lens)
+    pairs = sum((l * (l + 1)) // 2 if causal else l * l for l in lens)
+    item = ctx.dtype.itemsize
+    ref_full = _ref_bwd_seconds(h * sum(l * l for l in lens), d, len(lens), ctx.cuda)
+
+    def make_set(i):
+        s = {n: randn((total, h, d), ctx) for n in ("q", "k", "v", "dout")}
+        s.update(cu=torch.tensor(cu_list, dtype=torch.int32, device=ctx.device), max_len=max_len)
+        return s
+
+    def native(s):
+        return _fmha_bwd_native(ctx, "varlen_attention", s["q"], s["k"], s["v"])
+
+    def prepare(s):  # the forward, once per set, outside the timed region
+        a = dict(s, op=not ctx.cuda or native(s))
+        if a["op"]:
+            a["out"], a["lse"] = torch.ops.attnx.varlen_attention(s["q"], s["k"], s["v"], s["cu"], s["cu"],
+                                                                  max_len, max_len, causal, -1, -1, None)
+        else:
+            a["out"], a["lse"] = _ref_dv.varlen_fwd(s["q"], s["k"], s["v"], s["cu"], s["cu"], max_len, max_len,
+                                                    causal, (-1, -1), None)
+        return a
+
+    def run(a):
+        if a["op"]:
+            return torch.ops.attnx.varlen_attention_backward(
+                a["dout"], None, a["q"], a["k"], a["v"], a["out"], a["lse"], a["cu"], a["cu"], max_len, max_len,
+                causal, -1, -1, None)
+        return _ref_dv.varlen_bwd(a["dout"], None, a["q"], a["k"], a["v"], a["cu"], a["cu"], causal, (-1, -1),
+                                  None)
+
+    def expected(s):
+        return _ref_dv.varlen_bwd(s["dout"], None, s["q"], s["k"], s["v"], s["cu"], s["cu"], causal, (-1, -1),
+                                  None)
+
+    def impls():
+        out = [_attnx_impl(ctx, run, lambda s: "native" if native(s) else "reference", ref_seconds=ref_full,
+                           prepare=prepare)]
+        if ctx.cuda:
+            out.append(P.varlen_attn_bwd_peer(ctx, causal=causal))
+        return out
+
+    name = f"{len(lens)} seqs of [0.2,1]*{nominal_max} (T={total}) H{h} D{d}{' causal' if causal else ''}"
+    return Case(family="varlen_bwd", name=name, make_set=make_set, impls=impls,
+                set_bytes=5 * total * h * d * item + 4 * total * h, expected=expected, check_ref_seconds=ref_full,
+                flops=BWD_FLOP_FACTOR * attention_flops(1, h, d, pairs), dtype=ctx.dtype,
+                params={"num_seqs": len(lens), "lengths": lens, "total_tokens": total, "H": h, "D": d,
+                        "causal": causal, "attended_pairs": pairs, "pass": "backward",
+                        "flop_factor": BWD_FLOP_FACTOR, "reference_estimate_s": round(ref_full, 2)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -537,6 +677,8 @@ FAMILIES = {
     "ceilings": (ceilings, "device ceilings: copy and read-only bandwidth, bf16 matmul"),
     "dense": (dense, "attnx.attention vs SDPA flash / cuDNN"),
     "varlen": (varlen, "attnx.varlen_attention vs varlen_attn / flex (document mask) / padded SDPA (key mask)"),
+    "dense_bwd": (dense_bwd, "backward only: attnx.attention_backward vs SDPA flash / cuDNN backward"),
+    "varlen_bwd": (varlen_bwd, "backward only: attnx.varlen_attention_backward vs varlen_attn backward"),
     "neighborhood": (neighborhood, "attnx.neighborhood_attention vs flex (NA mask)"),
     "gna": (gna, "strided NA and attnx.block_sparse_attention over GNA tile plans vs flex"),
     "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),

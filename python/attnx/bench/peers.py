@@ -1,9 +1,10 @@
 """Peers measured beside attnx: PyTorch SDPA (flash / cuDNN backends; padded with a key-padding mask
 beside packed varlen), varlen_attn, flex_attention (compiled, with block masks equivalent to the
-neighbourhood / block-sparse / document patterns) and a plain-PyTorch MLA decode.
+neighbourhood / block-sparse / document patterns) and a plain-PyTorch MLA decode; for the
+backward families, the backward of SDPA (flash / cuDNN) and of varlen_attn.
 
 Each builder returns an :class:`Impl`; a peer that cannot run here raises NotAvailable (from its
-``setup`` or ``run``), which the runner prints as "n/a: reason".
+``setup``, ``prepare`` or ``run``), which the runner prints as "n/a: reason".
 """
 from __future__ import annotations
 
@@ -27,6 +28,29 @@ def _bhld(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous()
 
 
+def _sdpa_backend(name: str):
+    """The SDPBackend that peer ``name`` ("sdpa-flash", "sdpa-cudnn") forces."""
+    try:
+        from torch.nn.attention import SDPBackend
+        return getattr(SDPBackend, SDPA_BACKENDS[name])
+    except (ImportError, AttributeError) as e:
+        raise NotAvailable(f"torch {torch.__version__} has no SDPBackend.{SDPA_BACKENDS[name]} ({e})")
+
+
+def _sdpa_call(name: str, backend, q, k, v, causal: bool):
+    """SDPA on [B, H, L, D] with ``backend`` forced (None: the default dispatch)."""
+    if backend is None:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    from torch.nn.attention import sdpa_kernel
+    try:
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    except RuntimeError as e:
+        if "No available kernel" in str(e):
+            raise NotAvailable(f"{name} does not support this config")
+        raise
+
+
 def sdpa_peer(ctx: Ctx, name: str, *, causal: bool, keys=("q", "k", "v"), flops=None, note="",
               check: bool = True) -> Impl:
     """SDPA on [B, H, L, D] copies of the set's q/k/v; ``name`` picks the backend (CPU: the default one)."""
@@ -35,29 +59,15 @@ def sdpa_peer(ctx: Ctx, name: str, *, causal: bool, keys=("q", "k", "v"), flops=
 
     def setup(_):
         nonlocal backend
-        if name == "sdpa":
-            return
-        try:
-            from torch.nn.attention import SDPBackend
-            backend = getattr(SDPBackend, SDPA_BACKENDS[name])
-        except (ImportError, AttributeError) as e:
-            raise NotAvailable(f"torch {torch.__version__} has no SDPBackend.{SDPA_BACKENDS[name]} ({e})")
+        if name != "sdpa":
+            backend = _sdpa_backend(name)
 
     def prepare(s):
         return _bhld(s[qn]), _bhld(s[kn]), _bhld(s[vn])
 
     def run(a):
         q, k, v = a
-        if backend is None:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        from torch.nn.attention import sdpa_kernel
-        try:
-            with sdpa_kernel(backend):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        except RuntimeError as e:
-            if "No available kernel" in str(e):
-                raise NotAvailable(f"{name} does not support this config")
-            raise
+        return _sdpa_call(name, backend, q, k, v, causal)
 
     return Impl(name=name, run=run, prepare=prepare, output=lambda o: o.transpose(1, 2), setup=setup,
                 kernel="peer", flops=flops, note=note, check=check)
@@ -66,6 +76,50 @@ def sdpa_peer(ctx: Ctx, name: str, *, causal: bool, keys=("q", "k", "v"), flops=
 def sdpa_peers(ctx: Ctx, *, causal: bool, keys=("q", "k", "v"), flops=None, note="", check: bool = True) -> list:
     names = list(SDPA_BACKENDS) if ctx.cuda else ["sdpa"]
     return [sdpa_peer(ctx, n, causal=causal, keys=keys, flops=flops, note=note, check=check) for n in names]
+
+
+# ----------------------------------------------------------------------------------------------
+# backward peers: the forward runs once in ``prepare`` (untimed, graph kept); the timed call is
+# torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), i.e. the peer's backward alone
+# ----------------------------------------------------------------------------------------------
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().requires_grad_(True)
+
+
+def _grad_inputs(out: torch.Tensor, inputs: tuple, dout: torch.Tensor) -> dict:
+    """What a backward peer's run needs; dout gets out's memory layout (as autograd would hand it)."""
+    return {"out": out, "inputs": inputs, "dout": torch.empty_like(out).copy_(dout)}
+
+
+def _grad_run(a: dict):
+    return torch.autograd.grad(a["out"], a["inputs"], a["dout"], retain_graph=True)
+
+
+def sdpa_bwd_peer(ctx: Ctx, name: str, *, causal: bool, keys=("q", "k", "v", "dout"), note="") -> Impl:
+    """The backward of SDPA (``name`` picks the backend of the forward, which fixes the backward's;
+    CPU: the default one) on [B, H, L, D] copies of the set's q/k/v (leaves requiring grad) with
+    the set's dout [B, L, H, D]. Returns (dq, dk, dv) in [B, L, H, D]."""
+    qn, kn, vn, don = keys
+    backend = None
+
+    def setup(_):
+        nonlocal backend
+        if name != "sdpa":
+            backend = _sdpa_backend(name)
+
+    def prepare(s):
+        q, k, v = (_leaf(_bhld(s[n])) for n in (qn, kn, vn))
+        with torch.enable_grad():
+            out = _sdpa_call(name, backend, q, k, v, causal)
+        return _grad_inputs(out, (q, k, v), s[don].transpose(1, 2))
+
+    return Impl(name=name, run=_grad_run, prepare=prepare, output=lambda g: tuple(x.transpose(1, 2) for x in g),
+                setup=setup, kernel="peer", note=note)
+
+
+def sdpa_bwd_peers(ctx: Ctx, *, causal: bool, keys=("q", "k", "v", "dout"), note="") -> list:
+    names = list(SDPA_BACKENDS) if ctx.cuda else ["sdpa"]
+    return [sdpa_bwd_peer(ctx, n, causal=causal, keys=keys, note=note) for n in names]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,31 +134,56 @@ def _varlen_attn():
     return varlen_attn
 
 
+def _varlen_attn_setup(ctx: Ctx, causal: bool, state: dict):
+    """state["fn"], state["kw"]: varlen_attn and the keyword arguments that make it causal."""
+    if not ctx.cuda:
+        raise NotAvailable("varlen_attn needs CUDA")
+    fn = _varlen_attn()
+    params = inspect.signature(fn).parameters
+    kw = {}
+    if causal:
+        if "is_causal" in params:
+            kw["is_causal"] = True
+        elif "window_size" in params:
+            kw["window_size"] = (-1, 0)
+        elif "causal" in params:
+            kw["causal"] = True
+        else:
+            raise NotAvailable(f"varlen_attn{inspect.signature(fn)} has no causal option")
+    state["fn"], state["kw"] = fn, kw
+
+
+def _varlen_attn_call(state: dict, s: dict, q, k, v):
+    out = state["fn"](q, k, v, s["cu"], s["cu"], s["max_len"], s["max_len"], **state["kw"])
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def varlen_attn_peer(ctx: Ctx, *, causal: bool) -> Impl:
     state = {}
 
     def setup(_):
-        if not ctx.cuda:
-            raise NotAvailable("varlen_attn needs CUDA")
-        fn = _varlen_attn()
-        params = inspect.signature(fn).parameters
-        kw = {}
-        if causal:
-            if "is_causal" in params:
-                kw["is_causal"] = True
-            elif "window_size" in params:
-                kw["window_size"] = (-1, 0)
-            elif "causal" in params:
-                kw["causal"] = True
-            else:
-                raise NotAvailable(f"varlen_attn{inspect.signature(fn)} has no causal option")
-        state["fn"], state["kw"] = fn, kw
+        _varlen_attn_setup(ctx, causal, state)
 
     def run(s):
-        out = state["fn"](s["q"], s["k"], s["v"], s["cu"], s["cu"], s["max_len"], s["max_len"], **state["kw"])
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return _varlen_attn_call(state, s, s["q"], s["k"], s["v"])
 
     return Impl(name="varlen_attn", run=run, setup=setup, kernel="peer")
+
+
+def varlen_attn_bwd_peer(ctx: Ctx, *, causal: bool) -> Impl:
+    """The backward of varlen_attn on the set's packed q/k/v (leaves requiring grad) with its dout."""
+    state = {}
+
+    def setup(_):
+        _varlen_attn_setup(ctx, causal, state)
+
+    def prepare(s):
+        q, k, v = (_leaf(s[n]) for n in "qkv")
+        with torch.enable_grad():
+            out = _varlen_attn_call(state, s, q, k, v)
+        return _grad_inputs(out, (q, k, v), s["dout"])
+
+    return Impl(name="varlen_attn", run=_grad_run, prepare=prepare, setup=setup, kernel="peer")
 
 
 def padded_sdpa_peer(ctx: Ctx, lens: Sequence[int], seqlen: int, name: str = "sdpa (padded, key mask)",

@@ -110,10 +110,20 @@ def run_case(ctx: Ctx, case: Case) -> list:
 
 
 def _check(ctx: Ctx, case: Case, impl: Impl, out, expected, row: dict):
+    """rel err of the output against the expected one; for several outputs (a backward's dq, dk, dv)
+    the largest of their rel errs (NaN if any is NaN), each one kept in row["rel_err_parts"]."""
     got = impl.output(out) if impl.output is not None else out
     if case.subset is not None:
         got = case.subset(got)
-    err = rel_err(got, expected)
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            raise ValueError(f"{type(got).__name__} of {len(got) if isinstance(got, (tuple, list)) else 1} "
+                             f"outputs; the reference has {len(expected)}")
+        parts = [rel_err(g, e) for g, e in zip(got, expected)]
+        row["rel_err_parts"] = parts
+        err = float("nan") if any(math.isnan(p) for p in parts) else max(parts)
+    else:
+        err = rel_err(got, expected)
     row["rel_err"] = err
     tol = TOLERANCE.get(case.dtype or ctx.dtype, 2e-2)
     row["tolerance"] = tol
