@@ -9,6 +9,7 @@
 #include "../common/named_barrier.cuh"
 #include "fmha_bwd_prepost.cuh"
 #include "fmha_bwd_traits.h"
+#include "online_softmax.cuh"
 #include "varlen_block_info.cuh"
 #include "wgmma_gemm.cuh"
 
@@ -145,7 +146,7 @@ __device__ void fmha_bwd_mma(const FmhaBwdParams& p, typename Traits::SharedStor
       for (int ni = 0; ni < size<0>(s_rc); ++ni)
         CUTLASS_PRAGMA_UNROLL
         for (int mi = 0; mi < size<1>(s_rc); ++mi)
-          s_rc(ni, mi) = exp2f(s_rc(ni, mi) * scale_log2 - ss.lse_log2[stage][get<1>(coord_rc(0, mi))]);
+          s_rc(ni, mi) = exp2_ftz(s_rc(ni, mi) * scale_log2 - ss.lse_log2[stage][get<1>(coord_rc(0, mi))]);
       warpgroup_wait<0>();
       Tensor dp_rc = make_tensor(tdPrdP.data(), accumulator_rowcol(tdPrdP.layout()));
       CUTLASS_PRAGMA_UNROLL

@@ -12,6 +12,15 @@
 
 namespace attnx::fmha {
 
+// 2^x on the MUFU with subnormal results flushed to zero. Plain exp2f (without fast-math) adds
+// range fix-ups around MUFU.EX2 to produce subnormals, which a softmax weight below 2^-126 never
+// needs; the exponentials are the softmax's bottleneck, so those instructions count.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
@@ -46,11 +55,11 @@ struct OnlineSoftmax {
       m = quad_max(m);
       const float m_scaled = m == -INFINITY ? 0.f : m * scale_log2;
       // (old - new) never overflows; an old max of -inf means nothing accumulated yet.
-      row_scale[mi] = kFirst || row_max[mi] == -INFINITY ? 0.f : exp2f((row_max[mi] - m) * scale_log2);
+      row_scale[mi] = kFirst || row_max[mi] == -INFINITY ? 0.f : exp2_ftz((row_max[mi] - m) * scale_log2);
       float sum = 0.f;
       CUTLASS_PRAGMA_UNROLL
       for (int ni = 0; ni < cute::size<1>(s_rc); ++ni) {
-        const float p = exp2f(s_rc(mi, ni) * scale_log2 - m_scaled);
+        const float p = exp2_ftz(s_rc(mi, ni) * scale_log2 - m_scaled);
         s_rc(mi, ni) = p;
         sum += p;
       }
