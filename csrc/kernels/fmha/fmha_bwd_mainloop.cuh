@@ -128,6 +128,7 @@ __device__ void fmha_bwd_mma(const FmhaBwdParams& p, typename Traits::SharedStor
   const BwdWorkspace ws(p);
   cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_kv, 0);
   typename Traits::PipelineState read;
+  int step = 0;
   for (int g = 0; g < walk.group; ++g) {
     const int head = head_k * walk.group + g;
     float* dq_head = ws.dq_accum + ((int64_t)head * p.ws_rows + ws_row0(p, batch, info)) * Traits::kHeadDim;
@@ -142,18 +143,22 @@ __device__ void fmha_bwd_mma(const FmhaBwdParams& p, typename Traits::SharedStor
       warpgroup_wait<1>();
       Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));
       if (mask.tile_needs_mask(m, n_block)) mask.apply_transposed(s_rc, coord_rc, m, n_block);
+      // Columns outer: each query's lse / dpsum is read once and dies at once (holding all of a
+      // thread's 16 + 16 values would cost 32 registers, and the consumers are at the limit).
       CUTLASS_PRAGMA_UNROLL
-      for (int ni = 0; ni < size<0>(s_rc); ++ni)
+      for (int mi = 0; mi < size<1>(s_rc); ++mi) {
+        const float lse = ss.lse_log2[stage][get<1>(coord_rc(0, mi))];
         CUTLASS_PRAGMA_UNROLL
-        for (int mi = 0; mi < size<1>(s_rc); ++mi)
-          s_rc(ni, mi) = exp2_ftz(s_rc(ni, mi) * scale_log2 - ss.lse_log2[stage][get<1>(coord_rc(0, mi))]);
+        for (int ni = 0; ni < size<0>(s_rc); ++ni) s_rc(ni, mi) = exp2_ftz(s_rc(ni, mi) * scale_log2 - lse);
+      }
       warpgroup_wait<0>();
       Tensor dp_rc = make_tensor(tdPrdP.data(), accumulator_rowcol(tdPrdP.layout()));
       CUTLASS_PRAGMA_UNROLL
-      for (int ni = 0; ni < size<0>(dp_rc); ++ni)
+      for (int mi = 0; mi < size<1>(dp_rc); ++mi) {
+        const float dpsum = ss.dpsum[stage][get<1>(coord_rc(0, mi))];
         CUTLASS_PRAGMA_UNROLL
-        for (int mi = 0; mi < size<1>(dp_rc); ++mi)
-          dp_rc(ni, mi) = s_rc(ni, mi) * (dp_rc(ni, mi) - ss.dpsum[stage][get<1>(coord_rc(0, mi))]);  // dS^T
+        for (int ni = 0; ni < size<0>(dp_rc); ++ni) dp_rc(ni, mi) = s_rc(ni, mi) * (dp_rc(ni, mi) - dpsum);  // dS^T
+      }
 
       Tensor rP = convert_fragment<Element>(tSrS, tSrS.layout());
       Tensor rdS = convert_fragment<Element>(tdPrdP, tdPrdP.layout());
@@ -162,13 +167,15 @@ __device__ void fmha_bwd_mma(const FmhaBwdParams& p, typename Traits::SharedStor
       wgmma_gemm<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
       wgmma_gemm<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
 
-      // dS through shared memory for dQ: wait until both warpgroups finished the previous dQ.
-      NamedBarrier::sync(1, Traits::kNumMmaThreads);
-      copy(store_ds, thr_store_ds.retile_S(rdS), tdSsdS);
+      // dS through shared memory for dQ. Buffer step % 2 is free: the other warpgroup read it for
+      // dQ two steps ago and has since passed the previous step's barrier, which it reaches only
+      // after that dQ completed.
+      const int buf = step++ & 1;
+      copy(store_ds, thr_store_ds.retile_S(rdS), tdSsdS(_, _, _, buf));
       cutlass::arch::fence_view_async_shared();  // generic-proxy writes read by wgmma (async proxy)
       NamedBarrier::sync(2, Traits::kNumMmaThreads);
       Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<typename Traits::BM, typename Traits::D>{});
-      wgmma_gemm<true, 0>(mma_dq, tdQrdS, tdQrKt, tdQrdQ);  // also retires the dV and dK batches
+      wgmma_gemm<true, 0>(mma_dq, tdQrdS(_, _, _, buf), tdQrKt, tdQrdQ);  // also retires the dV and dK batches
       pipe_q.consumer_release(read);
       pipe_do.consumer_release(read);
       ++read;

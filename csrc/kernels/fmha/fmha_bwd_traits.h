@@ -31,8 +31,11 @@ struct FmhaBwdTraits {
   static_assert(kNumMmaWarpgroups == 2, "dQ is split in column halves between two warpgroups");
   static constexpr int kNumMmaThreads = 128 * kNumMmaWarpgroups;
   static constexpr int kNumThreads = kNumMmaThreads + 128;
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
+  // setmaxnreg split (128 * producer + 256 * consumer <= 65536). The producer's walk (head, tile,
+  // workspace addresses) needs about 56 registers; at head dim 128 the consumers need all of 240,
+  // so there the producer thread spills a little (ptxas: ~190 bytes, off the consumers' path).
+  static constexpr int kProducerRegs = kHeadDim <= 64 ? 56 : 24;
+  static constexpr int kConsumerRegs = kHeadDim <= 64 ? 224 : 240;
 
   using D = Int<kHeadDim>;
   using BM = Int<kBlockM>;
@@ -61,8 +64,11 @@ struct FmhaBwdTraits {
   using SmemLayoutQ = decltype(tile_to_shape(KMajorAtom<BM, D>{}, Shape<BM, D, Int<kStages>>{}));
   using SmemLayoutQt = decltype(composition(SmemLayoutQ{},
                                             make_ordered_layout(Shape<D, BM, Int<kStages>>{}, Step<_2, _1, _3>{})));
-  using SmemLayoutdS = decltype(tile_to_shape(KMajorAtom<BM, BN>{}, Shape<BM, BN>{}));
-  using SmemLayoutdSt = decltype(composition(SmemLayoutdS{}, make_ordered_layout(Shape<BN, BM>{}, Step<_2, _1>{})));
+  // dS is double-buffered: step i writes buffer i % 2 while the other warpgroup may still read
+  // buffer (i - 1) % 2 for its dQ, so one barrier per step suffices (see fmha_bwd_mma).
+  using SmemLayoutdS = decltype(tile_to_shape(KMajorAtom<BM, BN>{}, Shape<BM, BN, _2>{}));
+  using SmemLayoutdSt =
+      decltype(composition(SmemLayoutdS{}, make_ordered_layout(Shape<BN, BM, _2>{}, Step<_2, _1, _3>{})));
 
   using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;
   using StrideQKV = cute::Stride<int64_t, _1, int64_t, int64_t>;
