@@ -47,8 +47,27 @@ class CMakeBuild(build_ext):
         print(f"attnx: native library built ({build_dir}/{LIB})")
 
 
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70
+    from wheel.bdist_wheel import bdist_wheel
+
+
+class PlatformWheel(bdist_wheel):
+    """py3-none-<platform>: the native library uses the LibTorch stable ABI and no Python C API,
+    so one wheel serves every Python 3 and every torch from 2.11 on (on this platform)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.root_is_pure = False
+
+    def get_tag(self):
+        _, _, plat = super().get_tag()
+        return "py3", "none", plat
+
+
 setup(
     ext_modules=[Extension("attnx._native_build", sources=[])],  # a hook: CMakeBuild does the work
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "bdist_wheel": PlatformWheel},
     package_data={"attnx": [LIB]},
 )

@@ -6,7 +6,9 @@
 #   3. compute-sanitizer memcheck on small cases of every native kernel (via Python and bench/cpp);
 #   4. a bench smoke run (bench CLI + the C++ microbenchmark).
 # Logs go to $OUT (the device tool's output folder) or ./gpu_check_out.
-#   scripts/gpu_check.sh [--no-bench] [--bench-args "..."]
+#   5. with --wheel [PATH]: the wheel (default: the newest dist/*.whl) installed into a fresh venv,
+#      checked (tests/test_wheel.py) and the GPU tests run against it, away from the source tree.
+#   scripts/gpu_check.sh [--no-bench] [--bench-args "..."] [--wheel [PATH]]
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -14,10 +16,14 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 BENCH=1
 BENCH_ARGS="--quick"
+WHEEL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-bench) BENCH=0 ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
+    --wheel)
+      if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then WHEEL="$2"; shift; else WHEEL="$(ls -t dist/attnx-*.whl 2>/dev/null | head -1)"; fi
+      [ -n "$WHEEL" ] || { echo "--wheel: no wheel given and none in dist/"; exit 2; } ;;
   esac
   shift
 done
@@ -73,6 +79,22 @@ if [ "$BENCH" = 1 ]; then
   fi
   python3 -m attnx bench $BENCH_ARGS --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
   note "bench CLI: rc=$? (table in bench.log)"
+fi
+
+# 5. the wheel, away from the source tree
+if [ -n "$WHEEL" ]; then
+  venv=/tmp/attnx_wheel_venv
+  rm -rf "$venv" && python3 -m venv --system-site-packages "$venv" \
+    && "$venv/bin/python" -m pip install -q --no-deps --no-index --ignore-installed "$WHEEL" > "$OUT/wheel.log" 2>&1
+  note "wheel: $(basename "$WHEEL") installed into a fresh venv: rc=$?"
+  ATTNX_WHEEL="$PWD/$WHEEL" python3 -m pytest -q -p no:cacheprovider tests/test_wheel.py >> "$OUT/wheel.log" 2>&1
+  note "wheel checks (tests/test_wheel.py): rc=$? $(grep -E '(passed|failed|error)' "$OUT/wheel.log" | tail -1)"
+  (cd tests && env -u PYTHONPATH "$venv/bin/python" -m pytest -q -p no:cacheprovider test_gpu_attention.py \
+     test_gpu_varlen.py) > "$OUT/pytest_wheel.log" 2>&1
+  note "pytest GPU kernels against the installed wheel: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest_wheel.log" | tail -1)"
+  env -u PYTHONPATH "$venv/bin/python" -c "import attnx; print(attnx.__file__, attnx.info()['native_instances'])" \
+    >> "$OUT/pytest_wheel.log" 2>&1
+  note "wheel attnx: $(tail -1 "$OUT/pytest_wheel.log")"
 fi
 
 echo

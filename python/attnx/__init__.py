@@ -7,6 +7,17 @@ Every op is also reachable as torch.ops.attnx.<name>.
 """
 __version__ = "0.1.0"
 
+import torch as _torch
+
+# The native library targets the LibTorch stable ABI of torch 2.11 (one build serves 2.11 and
+# later); older torch lacks that ABI, and the registration code relies on 2.11 features too.
+_MIN_TORCH = (2, 11)
+if tuple(int(x) for x in _torch.__version__.split("+")[0].split(".")[:2]) < _MIN_TORCH:
+    raise ImportError(
+        f"attnx {__version__} needs torch >= {_MIN_TORCH[0]}.{_MIN_TORCH[1]} (found {_torch.__version__}): its "
+        "kernels are built against the LibTorch stable ABI of torch 2.11. Install torch >= 2.11 (a CUDA 13 "
+        "build for the native kernels) and keep this wheel, or build attnx from source.")
+
 from . import ops as _ops  # defines the torch.ops.attnx namespace  # noqa: F401
 from . import _native
 
