@@ -84,7 +84,11 @@ fi
 # 5. the wheel, away from the source tree
 if [ -n "$WHEEL" ]; then
   venv=/tmp/attnx_wheel_venv
-  rm -rf "$venv" && python3 -m venv --system-site-packages "$venv" \
+  # torch from this machine's installation through a .pth file (no network here); the wheel goes
+  # into the venv's own site-packages, which come first.
+  rm -rf "$venv" && python3 -m venv "$venv" \
+    && python3 -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))" \
+       > "$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/outer_torch.pth" \
     && "$venv/bin/python" -m pip install -q --no-deps --no-index --ignore-installed "$WHEEL" > "$OUT/wheel.log" 2>&1
   note "wheel: $(basename "$WHEEL") installed into a fresh venv: rc=$?"
   ATTNX_WHEEL="$PWD/$WHEEL" python3 -m pytest -q -p no:cacheprovider tests/test_wheel.py >> "$OUT/wheel.log" 2>&1

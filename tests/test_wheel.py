@@ -72,10 +72,15 @@ print("ok")
 
 def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
     venv = tmp_path / "venv"
-    # --system-site-packages: torch comes from the machine (a 5 GB download otherwise); the wheel
-    # goes into the venv's own site-packages, which come first on the path.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
+    # torch comes from this interpreter's installation (a 5 GB download otherwise), appended to the
+    # venv's path by a .pth file: the wheel goes into the venv's own site-packages, which come first.
+    import torch
+    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "outer_torch.pth"), "w") as f:
+        f.write(os.path.dirname(os.path.dirname(torch.__file__)) + "\n")
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ATTNX_NATIVE_LIB")}
     run = subprocess.run([py, "-c", SMOKE], cwd=tmp_path, env=env, capture_output=True, text=True)
