@@ -343,3 +343,18 @@ def test_sparse_bad(which, case):
 def test_sparse_duplicates_rejected_by_reference():
     """docs/design-decisions.md: duplicates are not allowed; the reference checks (kernels do not)."""
     expect_error(lambda: sp_call("reference", indices=i32([[[[1, 1], [2, -1]]] * 3])), "indices")
+
+
+def test_import_under_too_old_torch_says_what_to_install():
+    """The stable ABI of torch 2.11 is the floor: an older torch gets an ImportError naming it."""
+    import subprocess
+    import sys
+    code = "import torch; torch.__version__ = '2.10.1+cu128'\ntry:\n    import attnx\nexcept ImportError as e:\n" \
+           "    print('ImportError:', e)\nelse:\n    print('imported')"
+    import os
+    # the attnx under test (installed or the source tree), not whatever the cwd would give
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(attnx.__file__))}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(__file__))
+    assert "ImportError: attnx" in run.stdout and "torch >= 2.11" in run.stdout and "2.10.1" in run.stdout, \
+        run.stdout + run.stderr
