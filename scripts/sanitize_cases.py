@@ -1,4 +1,12 @@
-"""Small cases of every native kernel, run under compute-sanitizer by scripts/gpu_check.sh."""
+"""Small cases of every native kernel, run under compute-sanitizer by scripts/gpu_check.sh.
+
+    python scripts/sanitize_cases.py [--forward-only]
+
+--forward-only skips the backward kernels (racecheck of the backward took over 200 s; gpu_check
+runs racecheck with it and memcheck on everything).
+"""
+import sys
+
 import torch
 
 import attnx  # noqa: F401  (loads the native library)
@@ -16,19 +24,28 @@ def cu(lengths):
 
 
 for name in sorted(_native.instances()):
+    if not name.startswith("fmha_fwd"):
+        continue  # each forward case below also runs the backward of its (dtype, head dim)
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
+    bwd = f"fmha_bwd_{tag}_hdim{hd}" in _native.instances() and "--forward-only" not in sys.argv
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
     for causal in (False, True):
         for b, lq, lk, hq, hk in [(1, 1, 1, 1, 1), (2, 77, 131, 4, 2), (1, 130, 64, 2, 2)]:
             q = torch.randn(b, lq, hq, hd, device="cuda", dtype=dtype)
             k = torch.randn(b, lk, hk, hd, device="cuda", dtype=dtype)
             v = torch.randn(b, lk, hk, hd, device="cuda", dtype=dtype)
-            torch.ops.attnx.attention(q, k, v, causal, None)
+            out, lse = torch.ops.attnx.attention(q, k, v, causal, None)
+            if bwd:
+                torch.ops.attnx.attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, v, out, lse,
+                                                   causal, None)
         # packed: empty, 1-token, odd and multi-tile sequences; a window
         lens_q, lens_k = [0, 1, 77, 130], [3, 1, 0, 200]
         q = torch.randn(sum(lens_q), 4, hd, device="cuda", dtype=dtype)
         k = torch.randn(sum(lens_k), 2, hd, device="cuda", dtype=dtype)
-        torch.ops.attnx.varlen_attention(q, k, k, cu(lens_q), cu(lens_k), 130, 200, causal, 50, -1, None)
-    ran.append(name)
+        args = (cu(lens_q), cu(lens_k), 130, 200, causal, 50, -1, None)
+        out, lse = torch.ops.attnx.varlen_attention(q, k, k, *args)
+        if bwd:
+            torch.ops.attnx.varlen_attention_backward(torch.randn_like(out), None, q, k, k, out, lse, *args)
+    ran.append(name + (" (+ backward)" if bwd else ""))
 torch.cuda.synchronize()
 print("sanitize cases ran:", ", ".join(ran))

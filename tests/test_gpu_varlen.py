@@ -182,3 +182,21 @@ def test_varlen_backward_kernel_matches_reference(seed):
     for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
         assert not torch.isnan(g).any(), name
         assert rel_err(g, r) < tol, name
+
+
+def test_varlen_more_sequences_than_a_grid_dimension():
+    """70000 one-token sequences (CUDA grid y/z stop at 65535): with a single key, out = v,
+    lse = scale * q.k, and the gradients are dv = dout, dq = dk = 0."""
+    d = 128 if built(torch.bfloat16, 128) else 64
+    n = 70000
+    cu = torch.arange(n + 1, dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(n, 1, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out, lse = torch.ops.attnx.varlen_attention(q, k, v, cu, cu, 1, 1, False, -1, -1, None)
+    assert torch.equal(out, v)
+    ref_lse = (q.float() * k.float()).sum(-1) * d ** -0.5
+    assert (lse - ref_lse).abs().max().item() < 1e-3
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.ops.attnx.varlen_attention_backward(dout, None, q, k, v, out, lse, cu, cu, 1, 1, False, -1,
+                                                           -1, None)
+    assert torch.equal(dv, dout)
+    assert dq.abs().max().item() < 1e-2 and dk.abs().max().item() < 1e-2

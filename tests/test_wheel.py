@@ -81,7 +81,8 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(wheel, tmp_path):
                           capture_output=True, text=True).stdout.strip()
     with open(os.path.join(site, "outer_torch.pth"), "w") as f:
         f.write(os.path.dirname(os.path.dirname(torch.__file__)) + "\n")
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel], check=True)
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel],
+                   check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ATTNX_NATIVE_LIB")}
     run = subprocess.run([py, "-c", SMOKE], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stdout + run.stderr

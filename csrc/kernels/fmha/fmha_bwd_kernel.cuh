@@ -37,7 +37,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
   const FmhaBwdParams& p = kp.p;
 
-  const int n_block = blockIdx.x, head_k = blockIdx.y, batch = blockIdx.z;
+  const int num_n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;  // grid.x = (batch, KV tile)
+  const int n_block = blockIdx.x % num_n_blocks, batch = blockIdx.x / num_n_blocks, head_k = blockIdx.y;
   const VarlenBlockInfo info(p, batch);
   if (n_block * kBlockN >= info.seqlen_k) return;
   const WindowMask<kBlockM, kBlockN> mask(info.seqlen_q, info.seqlen_k, p.window_left, p.window_right, p.causal);

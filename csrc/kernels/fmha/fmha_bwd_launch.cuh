@@ -19,11 +19,15 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
   const int rows_q = packed ? p.total_q : p.seqlen_q, rows_k = packed ? p.total_k : p.seqlen_k;
   const int batches = packed ? 1 : p.batch;
   if (p.batch == 0 || p.num_heads_q == 0 || (rows_q == 0 && rows_k == 0)) return Status::kSuccess;
-  if (p.batch > 65535 || p.num_heads_q > 65535 || p.workspace == nullptr || p.ws_rows < fmha_bwd_ws_rows(p))
+  const int64_t row_blocks = round_up_rows(p.seqlen_q) / 8, num_n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+  if (row_blocks == 0 || num_n_blocks == 0 || p.num_heads_q > 65535 || p.workspace == nullptr ||
+      p.ws_rows < fmha_bwd_ws_rows(p) ||
+      row_blocks * p.batch >= (1LL << 31) || num_n_blocks * p.batch >= (1LL << 31))
     return Status::kInvalidArgument;
   if (rows_q == 0 || rows_k == 0) return Status::kUnsupported;  // the caller fills zeros (no TMA on empty tensors)
 
-  const dim3 pre_grid((unsigned)(round_up_rows(p.seqlen_q) / 8), p.num_heads_q, p.batch);
+  // grid.x = (batch, block of 8 rows); the batch is not a grid dimension (65535 limit).
+  const dim3 pre_grid((unsigned)(row_blocks * p.batch), p.num_heads_q);
   fmha_bwd_preprocess_kernel<Element><<<pre_grid, 256, 0, stream>>>(p);
 
   auto gmem = [&](const void* ptr, int rows, int heads, int64_t row_stride, int64_t head_stride,
@@ -52,10 +56,10 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
   auto kernel = fmha_bwd_kernel<Traits>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
     return Status::kCudaError;
-  const dim3 grid((p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN, p.num_heads_k, p.batch);
+  const dim3 grid((unsigned)(num_n_blocks * p.batch), p.num_heads_k);
   kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
 
-  const dim3 post_grid((unsigned)((p.seqlen_q + 7) / 8), p.num_heads_q, p.batch);
+  const dim3 post_grid((unsigned)(row_blocks * p.batch), p.num_heads_q);  // same row blocks as pre
   fmha_bwd_postprocess_kernel<Element><<<post_grid, 256, 0, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }

@@ -41,9 +41,10 @@ struct BwdWorkspace {
 // One warp per workspace row; grid (ceil(round_up(max_seqlen_q) / 8), Hq, B).
 template <typename Element>
 __global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdParams p) {
-  const int h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row_blocks = (int)(round_up_rows(p.seqlen_q) / 8);  // grid.x = (batch, block of 8 rows)
+  const int h = blockIdx.y, b = blockIdx.x / row_blocks, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const VarlenBlockInfo info(p, b);
-  const int r = blockIdx.x * 8 + warp;
+  const int r = (blockIdx.x % row_blocks) * 8 + warp;
   if (r >= round_up_rows(info.seqlen_q)) return;
   const BwdWorkspace ws(p);
   const int64_t row = (int64_t)h * p.ws_rows + ws_row0(p, b, info) + r;
@@ -68,9 +69,10 @@ __global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdP
 
 template <typename Element>
 __global__ void __launch_bounds__(256) fmha_bwd_postprocess_kernel(const FmhaBwdParams p) {
-  const int h = blockIdx.y, b = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row_blocks = (int)(round_up_rows(p.seqlen_q) / 8);  // grid.x = (batch, block of 8 rows)
+  const int h = blockIdx.y, b = blockIdx.x / row_blocks, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const VarlenBlockInfo info(p, b);
-  const int r = blockIdx.x * 8 + warp;
+  const int r = (blockIdx.x % row_blocks) * 8 + warp;
   if (r >= info.seqlen_q) return;
   const BwdWorkspace ws(p);
   const float* acc = ws.dq_accum + ((int64_t)h * p.ws_rows + ws_row0(p, b, info) + r) * p.head_dim;

@@ -27,9 +27,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
   const FmhaFwdParams& p = kp.p;
 
+  // grid.x = (batch, Q tile) with the tiles of one sequence consecutive (they share K/V in L2);
+  // the batch is not a grid dimension of its own, whose 65535 limit packed inputs can exceed.
   // Causal tiles grow with m: launch the longest first.
-  const int m_block = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int head = blockIdx.y, batch = blockIdx.z;
+  const int num_m_blocks = (p.seqlen_q + kBlockM - 1) / kBlockM;
+  const int m_idx = blockIdx.x % num_m_blocks, batch = blockIdx.x / num_m_blocks;
+  const int m_block = p.causal ? num_m_blocks - 1 - m_idx : m_idx;
+  const int head = blockIdx.y;
   const VarlenBlockInfo info(p, batch);
   if (m_block * kBlockM >= info.seqlen_q) return;  // packed: past this sequence's end
   const WindowMask<kBlockM, kBlockN> mask(info.seqlen_q, info.seqlen_k, p.window_left, p.window_right, p.causal);

@@ -32,7 +32,9 @@ Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
   const int rows_q = packed ? p.total_q : p.seqlen_q, rows_k = packed ? p.total_k : p.seqlen_k;
   const int batches = packed ? 1 : p.batch;
   if (p.batch == 0 || rows_q == 0 || p.num_heads_q == 0) return Status::kSuccess;
-  if (p.batch > 65535 || p.num_heads_q > 65535) return Status::kInvalidArgument;
+  const int64_t num_m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  if (num_m_blocks == 0 || p.num_heads_q > 65535 || num_m_blocks * p.batch >= (1LL << 31))
+    return Status::kInvalidArgument;  // (max_seqlen_q = 0 with rows present is malformed)
   if (rows_k == 0) {
     fmha_fwd_no_keys_kernel<Element><<<264, 256, 0, stream>>>(p, batches, rows_q);
     return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
@@ -63,7 +65,7 @@ Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
   auto kernel = fmha_fwd_kernel<Traits>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
     return Status::kCudaError;
-  const dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.num_heads_q, p.batch);
+  const dim3 grid((unsigned)(num_m_blocks * p.batch), p.num_heads_q);
   kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
