@@ -68,8 +68,11 @@ def covers(op: str, q, k=None, v=None) -> bool:
         return False
     if op in ("attention", "varlen_attention"):
         tag = _DTYPE_TAG.get(q.dtype)
+        needed = [f"fmha_fwd_{tag}_hdim{q.shape[-1]}"]
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            needed.append(f"fmha_bwd_{tag}_hdim{q.shape[-1]}")  # autograd will call the native backward
         return (tag is not None and v.shape[-1] == q.shape[-1] and _sm90(q.device)
-                and f"fmha_fwd_{tag}_hdim{q.shape[-1]}" in _state["instances"]
+                and all(n in _state["instances"] for n in needed)
                 and all(_aligned_16b(x) for x in (q, k, v)))
     return True
 
@@ -84,8 +87,10 @@ def info() -> dict:
     ops = {}
     for name, family in sorted(OPS.items()):
         cuda = "native" if has_cuda_kernel(name) else "reference"
-        if name in ("attention", "varlen_attention") and cuda == "native":
-            cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_fwd"))) \
+        if name in ("attention", "varlen_attention", "attention_backward", "varlen_attention_backward") \
+                and cuda == "native":
+            prefix = "fmha_bwd" if name.endswith("_backward") else "fmha_fwd"
+            cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix))) \
                 + " on sm_90; reference otherwise"
         ops[name] = {"family": family, "cpu": "reference", "cuda": cuda}
     return {
