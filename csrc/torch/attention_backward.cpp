@@ -39,7 +39,7 @@ std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std
                                                 Tensor k, Tensor v, Tensor out, Tensor lse,
                                                 std::optional<double> scale, fmha::FmhaFwdParams shape_params,
                                                 int64_t rank) {
-  check_qkv(op, q, k, v, rank);
+  // q, k, v were checked by the caller (check_qkv).
   check_like(op, "out", out, q, "q");
   check_like(op, "dout", dout, q, "q");
   STD_TORCH_CHECK(out.scalar_type() == q.scalar_type() && dout.scalar_type() == q.scalar_type(), op,

@@ -20,10 +20,8 @@ Status fmha_bwd(const FmhaBwdParams& params, cudaStream_t stream);
 
 // Workspace of the backward: rows per head, and floats in all ((head dim + 2) per row and head).
 inline int64_t fmha_bwd_ws_rows(const FmhaFwdParams& p) {
-  constexpr int64_t kPad = 64;  // the backward's Q tile (kBwdBlockM)
-  auto round_up = [](int64_t x) { return (x + kPad - 1) / kPad * kPad; };
-  return p.cu_seqlens_q != nullptr ? round_up(p.total_q) + 2 * kPad * (int64_t)p.batch
-                                   : (int64_t)p.batch * round_up(p.seqlen_q);
+  return p.cu_seqlens_q != nullptr ? round_up_rows(p.total_q) + 2 * kBwdBlockM * (int64_t)p.batch
+                                   : (int64_t)p.batch * round_up_rows(p.seqlen_q);
 }
 inline int64_t fmha_bwd_workspace_floats(const FmhaFwdParams& p) {
   return fmha_bwd_ws_rows(p) * p.num_heads_q * (p.head_dim + 2);

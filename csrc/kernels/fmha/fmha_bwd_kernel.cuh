@@ -47,11 +47,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const bool has_work = walk.steps() > 0;
 
   const int wg = threadIdx.x / 128;
-  typename Pipeline::Params pp;
-  pp.transaction_bytes = Traits::kTmaBytesQ;
-  pp.role = wg == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pp.is_leader = threadIdx.x == 0;
-  pp.num_consumers = Traits::kNumMmaThreads;
+  const auto pp = tma_pipeline_params<Pipeline>(Traits::kTmaBytesQ, Traits::kNumMmaThreads);
   if (threadIdx.x == 0) cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_kv, 1);
   Pipeline pipe_q(ss.pipeline_q, pp, Shape<_1, _1, _1>{});
   Pipeline pipe_do(ss.pipeline_do, pp, Shape<_1, _1, _1>{});

@@ -30,17 +30,12 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
   const dim3 pre_grid((unsigned)(row_blocks * p.batch), p.num_heads_q);
   fmha_bwd_preprocess_kernel<Element><<<pre_grid, 256, 0, stream>>>(p);
 
-  auto gmem = [&](const void* ptr, int rows, int heads, int64_t row_stride, int64_t head_stride,
-                  int64_t batch_stride) {
-    if (packed) batch_stride = (int64_t)rows * row_stride;
-    return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)),
-                       make_shape(int32_t(rows), int32_t(Traits::kHeadDim), int32_t(heads), int32_t(batches)),
-                       make_stride(row_stride, _1{}, head_stride, batch_stride));
-  };
-  auto mQ = gmem(p.q, rows_q, p.num_heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride);
-  auto mdO = gmem(p.dout, rows_q, p.num_heads_q, p.do_row_stride, p.do_head_stride, p.do_batch_stride);
-  auto mK = gmem(p.k, rows_k, p.num_heads_k, p.k_row_stride, p.k_head_stride, p.k_batch_stride);
-  auto mV = gmem(p.v, rows_k, p.num_heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride);
+  using Gmem = typename Traits::Gmem;
+  auto mQ = Gmem::make(p.q, rows_q, p.num_heads_q, batches, p.q_row_stride, p.q_head_stride, p.q_batch_stride, packed);
+  auto mdO = Gmem::make(p.dout, rows_q, p.num_heads_q, batches, p.do_row_stride, p.do_head_stride, p.do_batch_stride,
+                        packed);
+  auto mK = Gmem::make(p.k, rows_k, p.num_heads_k, batches, p.k_row_stride, p.k_head_stride, p.k_batch_stride, packed);
+  auto mV = Gmem::make(p.v, rows_k, p.num_heads_k, batches, p.v_row_stride, p.v_head_stride, p.v_batch_stride, packed);
   using BlockQ = Shape<typename Traits::BM, typename Traits::D>;
   using BlockKV = Shape<typename Traits::BN, typename Traits::D>;
   auto sQ = take<0, 2>(typename Traits::SmemLayoutQ{});

@@ -12,15 +12,10 @@
 #include <cuda_runtime.h>
 
 #include "fmha_api.h"
-#include "fmha_bwd_traits.h"
 #include "fmha_params.h"
 #include "varlen_block_info.cuh"
 
 namespace attnx::fmha {
-
-static_assert(kBwdBlockM == 64, "fmha_bwd_ws_rows (fmha_api.h) pads rows to 64");
-
-__host__ __device__ inline int64_t round_up_rows(int64_t x) { return (x + kBwdBlockM - 1) / kBwdBlockM * kBwdBlockM; }
 
 __device__ inline int64_t ws_row0(const FmhaBwdParams& p, int b, const VarlenBlockInfo& info) {
   return p.cu_seqlens_q != nullptr ? round_up_rows(info.offset_q) + 2 * kBwdBlockM * (int64_t)b
@@ -38,13 +33,21 @@ struct BwdWorkspace {
   }
 };
 
-// One warp per workspace row; grid (ceil(round_up(max_seqlen_q) / 8), Hq, B).
+// Both kernels: one warp per row, 8 rows per block; grid (B * round_up_rows(max_seqlen_q) / 8, Hq),
+// the batch folded into grid.x (a grid dimension of its own stops at 65535).
+struct BwdRowWarp {
+  int h, b, r, lane;
+  __device__ explicit BwdRowWarp(const FmhaBwdParams& p) {
+    const int row_blocks = (int)(round_up_rows(p.seqlen_q) / 8);
+    h = blockIdx.y, b = blockIdx.x / row_blocks, r = (blockIdx.x % row_blocks) * 8 + threadIdx.x / 32;
+    lane = threadIdx.x % 32;
+  }
+};
+
 template <typename Element>
 __global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdParams p) {
-  const int row_blocks = (int)(round_up_rows(p.seqlen_q) / 8);  // grid.x = (batch, block of 8 rows)
-  const int h = blockIdx.y, b = blockIdx.x / row_blocks, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const auto [h, b, r, lane] = BwdRowWarp(p);
   const VarlenBlockInfo info(p, b);
-  const int r = (blockIdx.x % row_blocks) * 8 + warp;
   if (r >= round_up_rows(info.seqlen_q)) return;
   const BwdWorkspace ws(p);
   const int64_t row = (int64_t)h * p.ws_rows + ws_row0(p, b, info) + r;
@@ -69,10 +72,8 @@ __global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdP
 
 template <typename Element>
 __global__ void __launch_bounds__(256) fmha_bwd_postprocess_kernel(const FmhaBwdParams p) {
-  const int row_blocks = (int)(round_up_rows(p.seqlen_q) / 8);  // grid.x = (batch, block of 8 rows)
-  const int h = blockIdx.y, b = blockIdx.x / row_blocks, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const auto [h, b, r, lane] = BwdRowWarp(p);
   const VarlenBlockInfo info(p, b);
-  const int r = (blockIdx.x % row_blocks) * 8 + warp;
   if (r >= info.seqlen_q) return;
   const BwdWorkspace ws(p);
   const float* acc = ws.dq_accum + ((int64_t)h * p.ws_rows + ws_row0(p, b, info) + r) * p.head_dim;

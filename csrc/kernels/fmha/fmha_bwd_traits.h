@@ -14,11 +14,12 @@
 #include <cutlass/gemm/collective/builders/sm90_common.inl>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "fmha_params.h"
+#include "tma_common.cuh"
+
 namespace attnx::fmha {
 
 using namespace cute;
-
-constexpr int kBwdBlockM = 64;  // Q tile of the backward (also the workspace's row padding)
 
 template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_>
 struct FmhaBwdTraits {
@@ -70,12 +71,10 @@ struct FmhaBwdTraits {
   using SmemLayoutdSt =
       decltype(composition(SmemLayoutdS{}, make_ordered_layout(Shape<BN, BM, _2>{}, Step<_2, _1, _3>{})));
 
-  using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;
-  using StrideQKV = cute::Stride<int64_t, _1, int64_t, int64_t>;
-  using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{},
-                                          StrideQKV{}));
-  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(SmemLayoutQ{}), Shape<BM, D>{}, _1{}));
-  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutKV{}, Shape<BN, D>{}, _1{}));
+  using Gmem = QkvGmem<Element, kHeadDim>;
+  using ShapeQKV = typename Gmem::Shape;
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, typename Gmem::Tensor{}, take<0, 2>(SmemLayoutQ{}), Shape<BM, D>{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, typename Gmem::Tensor{}, SmemLayoutKV{}, Shape<BN, D>{}, _1{}));
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename Pipeline::PipelineState;

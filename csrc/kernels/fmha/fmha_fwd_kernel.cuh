@@ -42,11 +42,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const bool has_keys = n_max > n_min;
 
   const int wg = threadIdx.x / 128;
-  typename Pipeline::Params pp;
-  pp.transaction_bytes = Traits::kTmaBytesKV;
-  pp.role = wg == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pp.is_leader = threadIdx.x == 0;
-  pp.num_consumers = Traits::kNumMmaThreads;
+  const auto pp = tma_pipeline_params<Pipeline>(Traits::kTmaBytesKV, Traits::kNumMmaThreads);
   if (threadIdx.x == 0) cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_q, 1);
   Pipeline pipe_k(ss.pipeline_k, pp, Shape<_1, _1, _1>{});
   Pipeline pipe_v(ss.pipeline_v, pp, Shape<_1, _1, _1>{});

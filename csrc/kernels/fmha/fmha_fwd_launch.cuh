@@ -40,17 +40,10 @@ Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
     return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
   }
 
-  auto gmem = [&](const void* ptr, int rows, int heads, int64_t row_stride, int64_t head_stride,
-                  int64_t batch_stride) {
-    // A packed tensor has one batch; its stride is never used but must be a valid TMA stride.
-    if (packed) batch_stride = (int64_t)rows * row_stride;
-    return make_tensor(make_gmem_ptr(static_cast<const Element*>(ptr)),
-                       make_shape(int32_t(rows), int32_t(Traits::kHeadDim), int32_t(heads), int32_t(batches)),
-                       make_stride(row_stride, _1{}, head_stride, batch_stride));
-  };
-  auto mQ = gmem(p.q, rows_q, p.num_heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride);
-  auto mK = gmem(p.k, rows_k, p.num_heads_k, p.k_row_stride, p.k_head_stride, p.k_batch_stride);
-  auto mV = gmem(p.v, rows_k, p.num_heads_k, p.v_row_stride, p.v_head_stride, p.v_batch_stride);
+  using Gmem = typename Traits::Gmem;
+  auto mQ = Gmem::make(p.q, rows_q, p.num_heads_q, batches, p.q_row_stride, p.q_head_stride, p.q_batch_stride, packed);
+  auto mK = Gmem::make(p.k, rows_k, p.num_heads_k, batches, p.k_row_stride, p.k_head_stride, p.k_batch_stride, packed);
+  auto mV = Gmem::make(p.v, rows_k, p.num_heads_k, batches, p.v_row_stride, p.v_head_stride, p.v_batch_stride, packed);
   using BlockQ = Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>;
   using BlockKV = Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>;
   FmhaFwdKernelParams<Traits> kp{

@@ -12,6 +12,8 @@
 #include <cutlass/gemm/collective/builders/sm90_common.inl>
 #include <cutlass/pipeline/pipeline.hpp>
 
+#include "tma_common.cuh"
+
 namespace attnx::fmha {
 
 using namespace cute;
@@ -59,14 +61,11 @@ struct FmhaFwdTraits {
       SmemLayoutKV{},
       make_ordered_layout(make_shape(Int<kHeadDim>{}, Int<kBlockN>{}, Int<kStages>{}), Step<_2, _1, _3>{})));
 
-  // Global tensors as TMA sees them: (rows, head dim, heads, batch); packed inputs have batch 1.
-  using ShapeQKV = cute::Shape<int32_t, int32_t, int32_t, int32_t>;
-  using StrideQKV = cute::Stride<int64_t, _1, int64_t, int64_t>;
-  using GmemTensor = decltype(make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), ShapeQKV{},
-                                          StrideQKV{}));
-  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, SmemLayoutQ{},
+  using Gmem = QkvGmem<Element, kHeadDim>;
+  using ShapeQKV = typename Gmem::Shape;
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, typename Gmem::Tensor{}, SmemLayoutQ{},
                                       Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
-  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, GmemTensor{}, take<0, 2>(SmemLayoutKV{}),
+  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, typename Gmem::Tensor{}, take<0, 2>(SmemLayoutKV{}),
                                        Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;

@@ -51,6 +51,10 @@ struct FmhaFwdParams {
 
 namespace attnx::fmha {
 
+// Q tile of the backward, which is also the row padding of its workspace (fmha_bwd_prepost.cuh).
+constexpr int kBwdBlockM = 64;
+constexpr int64_t round_up_rows(int64_t x) { return (x + kBwdBlockM - 1) / kBwdBlockM * kBwdBlockM; }
+
 // Backward: the forward's fields describe q, k, v, out (= O) and lse; these add dO, the optional
 // gradient of lse, the gradients, and a float32 workspace (see fmha_bwd_workspace_floats).
 struct FmhaBwdParams : FmhaFwdParams {

@@ -323,25 +323,23 @@ def flex_peer(ctx: Ctx, make_mask_mod: Callable, *, tokens: int, spatial: Option
                 kernel="peer", note=note)
 
 
-def _where_min(a, b):
-    """min of ints and/or index tensors (torch.minimum / clamp keep mask_mod traceable by flex)."""
+def _pick(a, b, both, clamp: str, plain):
+    """min/max of ints and/or index tensors (torch.minimum/maximum and clamp keep mask_mod traceable by flex)."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return torch.minimum(a, b)
+        return both(a, b)
     if isinstance(a, torch.Tensor):
-        return a.clamp(max=b)
+        return a.clamp(**{clamp: b})
     if isinstance(b, torch.Tensor):
-        return b.clamp(max=a)
-    return min(a, b)
+        return b.clamp(**{clamp: a})
+    return plain(a, b)
+
+
+def _where_min(a, b):
+    return _pick(a, b, torch.minimum, "max", min)
 
 
 def _where_max(a, b):
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return torch.maximum(a, b)
-    if isinstance(a, torch.Tensor):
-        return a.clamp(min=b)
-    if isinstance(b, torch.Tensor):
-        return b.clamp(min=a)
-    return max(a, b)
+    return _pick(a, b, torch.maximum, "min", max)
 
 
 def na_mask_mod(spatial: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int],
