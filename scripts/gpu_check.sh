@@ -49,15 +49,15 @@ note "native: $(python3 -c "import attnx; i = attnx.info(); print(i['native_libr
 # 2. tests
 python3 -m pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
 note "pytest: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py tests/test_gpu_varlen.py > "$OUT/pytest_gpu.log" 2>&1
+python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py tests/test_gpu_varlen.py tests/test_gpu_mla.py > "$OUT/pytest_gpu.log" 2>&1
 note "pytest GPU kernels: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest_gpu.log" | tail -1)"
 
 # 3. sanitizer
 if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 --kernel-name kns=fmha python3 scripts/sanitize_cases.py \
+  compute-sanitizer --tool memcheck --error-exitcode 9 --kernel-name kns=attnx python3 scripts/sanitize_cases.py \
     > "$OUT/memcheck_py.log" 2>&1
   note "memcheck (python, attnx kernels): rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_py.log" | tail -1)"
-  compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=fmha python3 scripts/sanitize_cases.py \
+  compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=attnx python3 scripts/sanitize_cases.py \
     --forward-only > "$OUT/racecheck_py.log" 2>&1
   note "racecheck (python, forward kernels): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_py.log" | tail -1)"
   if [ -x build/native/attnx_bench ]; then

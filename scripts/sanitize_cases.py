@@ -47,5 +47,24 @@ for name in sorted(_native.instances()):
         if bwd:
             torch.ops.attnx.varlen_attention_backward(torch.randn_like(out), None, q, k, k, out, lse, *args)
     ran.append(name + (" (+ backward)" if bwd else ""))
+for name in sorted(_native.instances()):
+    if not name.startswith("mla_decode"):
+        continue
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name.split("_")[2]]
+    # lengths: empty, partial page, page boundary +1, two pages; 2 query blocks (Hq 128) too
+    for lens, sq, hq, causal in [([0, 65, 130], 2, 16, True), ([1, 64], 1, 128, False)]:
+        pages = [-(-n // 64) for n in lens]
+        kv = torch.randn(sum(pages) + 1, 64, 1, 576, device="cuda", dtype=dtype)
+        table = torch.full((len(lens), max(pages)), -1, dtype=torch.int32, device="cuda")
+        ids = torch.randperm(sum(pages), device="cuda").to(torch.int32)
+        pos = 0
+        for b, p in enumerate(pages):
+            table[b, :p] = ids[pos:pos + p]
+            pos += p
+        seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        q = torch.randn(len(lens), sq, hq, 576, device="cuda", dtype=dtype)
+        meta = torch.ops.attnx.mla_decode_metadata(seqlens, hq, 1, sq)
+        torch.ops.attnx.mla_decode(q, kv, table, seqlens, 512, None, causal, *meta)
+    ran.append(name)
 torch.cuda.synchronize()
 print("sanitize cases ran:", ", ".join(ran))

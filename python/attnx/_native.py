@@ -57,15 +57,22 @@ def _sm90(device) -> bool:
     return torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def _aligned_16b(x) -> bool:
+def aligned_16b(x) -> bool:
     """TMA needs a 16-byte aligned base and strides that are multiples of 16 bytes (8 elements)."""
     return x.data_ptr() % 16 == 0 and all(st % 8 == 0 for sz, st in zip(x.shape[:-1], x.stride()[:-1]) if sz > 1)
 
 
-def covers(op: str, q, k=None, v=None) -> bool:
+def covers(op: str, q, k=None, v=None, *, head_dim_v=None) -> bool:
     """True if the native library has a kernel instance for this CUDA call."""
     if not q.is_cuda or not has_cuda_kernel(op):
         return False
+    if op == "mla_decode_metadata":
+        return _sm90(q.device)
+    if op == "mla_decode":  # q, kv_cache: DeepSeek head dims, 64-token pages, contiguous cache
+        tag = _DTYPE_TAG.get(q.dtype)
+        return (tag is not None and f"mla_decode_{tag}_hdim576" in _state["instances"] and _sm90(q.device)
+                and q.shape[-1] == 576 and head_dim_v == 512 and k.shape[1] == 64 and k.dtype == q.dtype
+                and k.is_contiguous() and k.data_ptr() % 16 == 0)
     if op in ("attention", "varlen_attention"):
         tag = _DTYPE_TAG.get(q.dtype)
         needed = [f"fmha_fwd_{tag}_hdim{q.shape[-1]}"]
@@ -73,13 +80,13 @@ def covers(op: str, q, k=None, v=None) -> bool:
             needed.append(f"fmha_bwd_{tag}_hdim{q.shape[-1]}")  # autograd will call the native backward
         return (tag is not None and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and all(n in _state["instances"] for n in needed)
-                and all(_aligned_16b(x) for x in (q, k, v)))
+                and all(aligned_16b(x) for x in (q, k, v)))
     return True
 
 
-def use_reference(op: str, q, k=None, v=None) -> bool:
+def use_reference(op: str, q, k=None, v=None, **kw) -> bool:
     """A CUDA call the native kernels do not cover: run the reference directly."""
-    return q.is_cuda and has_cuda_kernel(op) and not covers(op, q, k, v)
+    return q.is_cuda and has_cuda_kernel(op) and not covers(op, q, k, v, **kw)
 
 
 def info() -> dict:
@@ -92,6 +99,11 @@ def info() -> dict:
             prefix = "fmha_bwd" if name.endswith("_backward") else "fmha_fwd"
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix))) \
                 + " on sm_90; reference otherwise"
+        elif name == "mla_decode" and cuda == "native":
+            cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("mla_decode"))) \
+                + " (head dims 576/512, page 64, contiguous cache) on sm_90; reference otherwise"
+        elif name == "mla_decode_metadata" and cuda == "native":
+            cuda = "native (GPU planner) on sm_90; reference otherwise"
         ops[name] = {"family": family, "cpu": "reference", "cuda": cuda}
     return {
         "version": __import__("attnx").__version__,

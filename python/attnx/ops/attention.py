@@ -1,11 +1,10 @@
 """Dense attention, padding-free varlen attention and unpad/pad: ops and public API."""
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from .. import _native
+from .._checked_once import CheckedOnce
 from ..reference import dense_varlen as ref
 from ._registry import define, define_attention_like
 
@@ -85,31 +84,17 @@ def attention(q, k, v, *, causal=False, scale=None, return_lse=False):
     return (out, lse) if return_lse else out
 
 
-_validated: dict = {}  # id(cu_seqlens_q) -> (weakref q, weakref k, version q, version k, shape key)
+_varlen_checked = CheckedOnce()
 
 
 def _check_varlen_values_once(q, k, cu_q, cu_k, max_q, max_k):
     """Value checks of cu_seqlens (a small copy to the host, so a sync), once per pair of tensors.
 
     The kernel never reads or writes out of bounds whatever the values (it clamps every sequence
-    to the packed tensors); this check turns malformed values into a clear error. A model calls
-    varlen attention in every layer with the same cu_seqlens: the pair is checked on first use and
-    again only after an in-place change (tensor version) or with other sizes. Inference tensors
-    have no version counter and are checked on every call.
+    to the packed tensors); this check turns malformed values into a clear error.
     """
-    if cu_q.is_inference() or cu_k.is_inference():
-        # Inference tensors keep no version counter, so an in-place edit would go unseen: check.
-        ref.check_varlen_values(q, k, cu_q, cu_k, max_q, max_k)
-        return
-    key = (q.shape[0], k.shape[0], int(max_q), int(max_k))
-    hit = _validated.get(id(cu_q))
-    if (hit is not None and hit[0]() is cu_q and hit[1]() is cu_k and hit[2] == cu_q._version
-            and hit[3] == cu_k._version and hit[4] == key):
-        return
-    ref.check_varlen_values(q, k, cu_q, cu_k, max_q, max_k)
-    cid = id(cu_q)
-    _validated[cid] = (weakref.ref(cu_q, lambda _: _validated.pop(cid, None)), weakref.ref(cu_k),
-                       cu_q._version, cu_k._version, key)
+    _varlen_checked((cu_q, cu_k), (q.shape[0], k.shape[0], int(max_q), int(max_k)),
+                    lambda: ref.check_varlen_values(q, k, cu_q, cu_k, max_q, max_k))
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,

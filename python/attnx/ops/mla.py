@@ -1,12 +1,19 @@
 """MLA decode over a paged latent KV cache: ops and public API."""
 from __future__ import annotations
 
+import os
 
+import torch
+
+from .. import _native
+from .._checked_once import CheckedOnce
 from ..reference import mla as ref
 from ..reference._core import lse_dtype
 from ._registry import define
 
 MLAMetadata = ref.MLAMetadata
+# The GPU planner keeps the lengths in shared memory; longer batches are planned on the host.
+_GPU_PLAN_MAX_BATCH = 51200
 
 
 metadata_op = define(
@@ -34,10 +41,22 @@ decode_op = define(
 def mla_decode_metadata(cache_seqlens, num_q_heads, num_kv_heads=1, q_len=1):
     """Plan the split-KV decode (balanced across SMs, skewed batches included) -> MLAMetadata.
 
-    Compute it once per decode step and pass it to every layer's :func:`mla_decode`.
+    Compute it once per decode step, from the cache_seqlens the step decodes with, and pass it to
+    every layer's :func:`mla_decode` (an opaque plan: pass only what this function returned).
+    On an H100 the plan is made by a small GPU kernel, without a host sync.
     """
     ref.check_metadata(cache_seqlens, num_q_heads, num_kv_heads, q_len)
+    if cache_seqlens.is_cuda and not (_native.covers("mla_decode_metadata", cache_seqlens)
+                                      and cache_seqlens.shape[0] <= _GPU_PLAN_MAX_BATCH):
+        return ref.mla_decode_metadata_fwd(cache_seqlens, num_q_heads, num_kv_heads, q_len)
     return MLAMetadata(*metadata_op(cache_seqlens, num_q_heads, num_kv_heads, q_len))
+
+
+_values_checked = CheckedOnce()
+
+
+def _debug() -> bool:
+    return os.environ.get("ATTNX_DEBUG", "") not in ("", "0")
 
 
 def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale=None, causal=False, metadata=None):
@@ -45,9 +64,21 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale
 
     Keys are all 576 columns, values the first ``head_dim_v``; with ``causal`` and s_q > 1 query t
     sees the keys at positions <= cache_seqlens[b] - s_q + t. ``metadata`` (from
-    :func:`mla_decode_metadata`) is optional; results do not depend on it. See
-    :func:`attnx.reference.mla_decode`.
+    :func:`mla_decode_metadata`, for these cache_seqlens) is optional; results do not depend on it.
+    See :func:`attnx.reference.mla_decode`.
+
+    Checks: cache_seqlens within the block table's capacity (on CUDA once per tensor until it
+    changes in place: a host sync on first use); the page ids a sequence uses inside the cache only
+    with ``ATTNX_DEBUG=1`` (the kernel reads ids outside the cache as zero pages, never out of bounds).
     """
     ref.check_mla(q, kv_cache, block_table, cache_seqlens, head_dim_v, check_values=False)
+    if _native.use_reference("mla_decode", q, kv_cache, head_dim_v=head_dim_v):
+        return _decode_impl(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, bool(causal), None, None)
+    if q.is_cuda and not torch.compiler.is_compiling():
+        debug = _debug()
+        _values_checked((cache_seqlens, block_table), (tuple(kv_cache.shape), debug),
+                        lambda: ref.check_mla_values(kv_cache, block_table, cache_seqlens, check_pages=debug))
+        if not _native.aligned_16b(q):
+            q = q.contiguous()
     sched, splits = (None, None) if metadata is None else tuple(metadata)
     return decode_op(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, bool(causal), sched, splits)

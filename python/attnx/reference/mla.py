@@ -47,18 +47,28 @@ def check_mla(q, kv_cache, block_table, cache_seqlens, head_dim_v, *, check_valu
     if head_dim_v > dqk:
         V.fail("head_dim_v", head_dim_v, f"<= the head dim of 'q' ({dqk})")
     V.last_dim_contiguous("q", q)
-    V.last_dim_contiguous("kv_cache", kv_cache)
-    if check_values and b:
-        cap = block_table.shape[1] * kv_cache.shape[1]
-        lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
-        if lo < 0 or hi > cap:
-            V.fail("cache_seqlens", f"values in [{lo}, {hi}]", f"[0, {cap}] (block table capacity: {block_table.shape[1]} pages of {kv_cache.shape[1]})")
-        pages = (cache_seqlens.long() + kv_cache.shape[1] - 1) // kv_cache.shape[1]
-        used = torch.arange(block_table.shape[1], device=block_table.device) < pages[:, None]
-        if bool(used.any()):
-            ids = block_table[used]
-            if int(ids.min()) < 0 or int(ids.max()) >= kv_cache.shape[0]:
-                V.fail("block_table", f"page ids in [{int(ids.min())}, {int(ids.max())}]", f"[0, {kv_cache.shape[0]}) (num_blocks of kv_cache)")
+    if not kv_cache.is_contiguous():
+        V.fail("kv_cache", f"strides {tuple(kv_cache.stride())}", "a contiguous cache (call .contiguous())")
+    if check_values:
+        check_mla_values(kv_cache, block_table, cache_seqlens, check_pages=True)
+
+
+def check_mla_values(kv_cache, block_table, cache_seqlens, *, check_pages: bool):
+    """Lengths within the block table's capacity; with check_pages, used page ids inside the cache."""
+    if cache_seqlens.numel() == 0:
+        return
+    cap = block_table.shape[1] * kv_cache.shape[1]
+    lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
+    if lo < 0 or hi > cap:
+        V.fail("cache_seqlens", f"values in [{lo}, {hi}]", f"[0, {cap}] (block table capacity: {block_table.shape[1]} pages of {kv_cache.shape[1]})")
+    if not check_pages:
+        return
+    pages = (cache_seqlens.long() + kv_cache.shape[1] - 1) // kv_cache.shape[1]
+    used = torch.arange(block_table.shape[1], device=block_table.device) < pages[:, None]
+    if bool(used.any()):
+        ids = block_table[used]
+        if int(ids.min()) < 0 or int(ids.max()) >= kv_cache.shape[0]:
+            V.fail("block_table", f"page ids in [{int(ids.min())}, {int(ids.max())}]", f"[0, {kv_cache.shape[0]}) (num_blocks of kv_cache)")
 
 
 def mla_decode_fwd(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, causal):

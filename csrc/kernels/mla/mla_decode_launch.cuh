@@ -1,0 +1,54 @@
+// Host launcher of one MLA decode instance (included by the generated instance files only):
+// the TMA descriptor of the paged cache, the decode kernel over (query block, part, KV head) and
+// the combine of split sequences.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
+
+#include "../common/cuda_check.h"
+#include "mla_combine.cuh"
+#include "mla_decode_kernel.cuh"
+
+namespace attnx::mla {
+
+template <class Traits>
+Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  using namespace cute;
+  if (p.head_dim != Traits::kHeadDim || p.head_dim_v != Traits::kHeadDimV || p.page_size != Traits::kPage)
+    return Status::kUnsupported;
+  if (p.batch == 0 || p.seqlen_q == 0 || p.num_heads_q == 0) return Status::kSuccess;
+  if (p.num_heads_k <= 0 || p.num_heads_q % p.num_heads_k || p.num_parts <= 0 || p.num_parts > 65535 ||
+      p.num_heads_k > 65535)
+    return Status::kInvalidArgument;
+  const int rows = p.rows_per_group();
+  const int num_m_blocks = (rows + Traits::kBlockM - 1) / Traits::kBlockM;
+  // A cache without pages holds no keys: every sequence is empty (a TMA tensor cannot be empty).
+  const int num_pages = p.num_pages > 0 ? p.num_pages : 1;
+  if (p.num_pages == 0) p.max_pages = 0;
+
+  const int64_t row_stride = (int64_t)p.num_heads_k * Traits::kHeadDim;  // contiguous cache
+  auto mKV = make_tensor(make_gmem_ptr(static_cast<Element const*>(p.kv)),
+                         make_shape(int32_t(Traits::kPage), int32_t(Traits::kHeadDim), int32_t(p.num_heads_k),
+                                    int32_t(num_pages)),
+                         make_stride(row_stride, _1{}, int64_t(Traits::kHeadDim), row_stride * Traits::kPage));
+  MlaDecodeKernelParams<Traits> kp{
+      p,
+      make_tma_copy(SM90_TMA_LOAD{}, mKV, take<0, 2>(typename Traits::SmemLayoutKV{}),
+                    Shape<Int<Traits::kPage>, Int<Traits::kHeadDim>>{}, _1{}),
+      mKV.shape(),
+  };
+  auto kernel = mla_decode_kernel<Traits>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
+    return Status::kCudaError;
+  kernel<<<dim3(num_m_blocks, p.num_parts, p.num_heads_k), Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
+  if (cudaGetLastError() != cudaSuccess) return Status::kCudaError;
+
+  const dim3 grid(p.batch, p.num_heads_k, (rows + kCombineRowsPerBlock - 1) / kCombineRowsPerBlock);
+  mla_combine_kernel<Element, Traits::kHeadDimV><<<grid, 32 * kCombineRowsPerBlock, 0, stream>>>(p);
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+}  // namespace attnx::mla
