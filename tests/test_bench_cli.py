@@ -17,7 +17,7 @@ from conftest import HAS_CUDA, naive_masked, rel_err
 import attnx
 from attnx.bench import NO_GPU_NOTICE, main
 from attnx.bench import peers as P
-from attnx.bench.cases import gna_plan, mean_fraction_lengths
+from attnx.bench.cases import gna_plan, mean_fraction_lengths, mla_skew_lengths
 from attnx.bench.common import TIMING, Ctx
 
 
@@ -87,6 +87,35 @@ def test_byte_transformer_lengths_and_padded_sdpa_peer():
     peer = P.padded_sdpa_peer(ctx, lens, seqlen)
     out = peer.output(peer.run(peer.prepare({"q": q, "k": k, "v": v})))
     assert rel_err(out, ref) < 1e-10
+
+
+def test_mla_quick_bytes_and_skewed_beside_even(tmp_path, capsys):
+    """mla: bytes count each used cache token once plus q, out and lse; the skewed batch is followed by
+    the even batch holding the same tokens."""
+    path = tmp_path / "mla.json"
+    rc = main(["--family", "mla", "--quick", "--json", str(path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads(path.read_text())["rows"]
+    ours = [r for r in rows if r["kind"] == "attnx"]
+    assert ours and all(r["check"] == "ok" for r in ours)
+    for r in ours:
+        p, item = r["params"], {"float32": 4, "bfloat16": 2, "float16": 2}[r["dtype"]]
+        assert r["bytes"] == p["total_tokens"] * 576 * item + p["B"] * p["s_q"] * p["Hq"] * ((576 + 512) * item + 4)
+        assert r["flops"] == 2 * p["Hq"] * p["s_q"] * p["total_tokens"] * (576 + 512)
+    i = next(i for i, r in enumerate(ours) if r["params"].get("batch") == "skewed")
+    skewed, even = ours[i]["params"], ours[i + 1]["params"]
+    assert even["batch"] == "even" and even["B"] == skewed["B"] and even["total_tokens"] == skewed["total_tokens"]
+    assert skewed["max_len"] > 2 * even["max_len"]
+    peers = [r for r in rows if r["kind"] == "peer" and r["status"] == "ok"]
+    assert peers and all(r["check"] == "ok" for r in peers)
+
+
+def test_mla_skew_lengths():
+    skewed, even = mla_skew_lengths(32768, 127, 256)
+    assert skewed == [32768] + [256] * 127 and even == [510] * 128
+    skewed, even = mla_skew_lengths(1000, 6, 10)
+    assert sum(even) == sum(skewed) == 1060 and len(even) == 7 and max(even) - min(even) <= 1
 
 
 def test_unknown_family(capsys):

@@ -136,10 +136,9 @@ std::tuple<Tensor, Tensor> mla_decode_cuda(Tensor q, Tensor kv_cache, Tensor blo
   p.num_splits = static_cast<const int*>(splits.data_ptr());
   p.num_parts = static_cast<int>(meta.size(0));
   const int64_t ws_rows = mla::mla_workspace_rows(p);
-  Tensor o_accum = torch::stable::new_empty(q, {ws_rows * p.head_dim_v}, ScalarType::Float);
-  Tensor lse_accum = torch::stable::new_empty(q, {ws_rows}, ScalarType::Float);
-  p.o_accum = static_cast<float*>(o_accum.data_ptr());
-  p.lse_accum = static_cast<float*>(lse_accum.data_ptr());
+  Tensor workspace = torch::stable::new_empty(q, {ws_rows * (p.head_dim_v + 1)}, ScalarType::Float);
+  p.o_accum = static_cast<float*>(workspace.data_ptr());
+  p.lse_accum = p.o_accum + ws_rows * p.head_dim_v;
 
   const Status status = mla::mla_decode(p, static_cast<cudaStream_t>(current_stream(kOp, q)));
   STD_TORCH_CHECK(status != Status::kUnsupported, kOp, ": no native kernel for this dtype (built: ",

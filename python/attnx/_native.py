@@ -7,6 +7,7 @@ CPU calls always run the reference.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 
@@ -33,6 +34,7 @@ def load():
         if os.path.exists(path):
             try:
                 torch.ops.load_library(path)
+                _has_cuda_kernel.clear()
                 _state["path"] = path
                 names = torch.ops.attnx._native_instances()
                 _state["instances"] = frozenset(n for n in names.split("\n") if n)
@@ -46,15 +48,26 @@ def instances() -> frozenset:
     return _state["instances"]
 
 
+_has_cuda_kernel: dict = {}  # op -> bool, cleared when a library loads
+
+
 def has_cuda_kernel(op: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"attnx::{op}", "CUDA")
+    hit = _has_cuda_kernel.get(op)
+    if hit is None:
+        hit = _has_cuda_kernel[op] = torch._C._dispatch_has_kernel_for_dispatch_key(f"attnx::{op}", "CUDA")
+    return hit
 
 
 _DTYPE_TAG = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
+@functools.lru_cache(maxsize=None)
+def _sm90_index(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) == (9, 0)
+
+
 def _sm90(device) -> bool:
-    return torch.cuda.get_device_capability(device) == (9, 0)
+    return _sm90_index(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def aligned_16b(x) -> bool:

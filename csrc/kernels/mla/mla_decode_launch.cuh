@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
@@ -29,6 +31,9 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
   const int num_pages = p.num_pages > 0 ? p.num_pages : 1;
   if (p.num_pages == 0) p.max_pages = 0;
 
+  // Several query blocks of one KV head read each page about together: keep it in L2 for them.
+  p.kv_evict_first = num_m_blocks == 1;
+  if (const char* e = getenv("ATTNX_MLA_EVICT_FIRST")) p.kv_evict_first = e[0] == '1';  // experiment switch
   const int64_t row_stride = (int64_t)p.num_heads_k * Traits::kHeadDim;  // contiguous cache
   auto mKV = make_tensor(make_gmem_ptr(static_cast<Element const*>(p.kv)),
                          make_shape(int32_t(Traits::kPage), int32_t(Traits::kHeadDim), int32_t(p.num_heads_k),
@@ -41,8 +46,16 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
       mKV.shape(),
   };
   auto kernel = mla_decode_kernel<Traits>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
-    return Status::kCudaError;
+  // Once per process and device would do; the attribute call costs microseconds that a decode
+  // step (tens of microseconds) notices, so remember success per device.
+  static bool smem_set[64] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return Status::kCudaError;
+  if (device >= 64 || !smem_set[device]) {
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
+      return Status::kCudaError;
+    if (device < 64) smem_set[device] = true;
+  }
   kernel<<<dim3(num_m_blocks, p.num_parts, p.num_heads_k), Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
   if (cudaGetLastError() != cudaSuccess) return Status::kCudaError;
 

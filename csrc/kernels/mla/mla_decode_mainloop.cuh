@@ -45,6 +45,7 @@ __device__ void mla_decode_load(const MlaDecodeKernelParams<Traits>& kp, typenam
   Tensor sKV = make_tensor(make_smem_ptr(ss.kv.data()), typename Traits::SmemLayoutKV{});
   auto [tKVg, tKVs] = tma_partition(kp.tma_kv, _0{}, Layout<_1>{}, group_modes<0, 2>(sKV), group_modes<0, 2>(gKV));
   auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
+  const auto hint = p.kv_evict_first ? TMA::CacheHintSm90::EVICT_FIRST : TMA::CacheHintSm90::EVICT_NORMAL;
   MlaSplitWalk walk(p, part);
   MlaPiece piece;
   while (walk.next(piece)) {
@@ -54,7 +55,7 @@ __device__ void mla_decode_load(const MlaDecodeKernelParams<Traits>& kp, typenam
       // A page id outside the cache is not read: TMA fills boxes outside the tensor with zeros.
       const int page_id = pages[page];
       pipe.producer_acquire(write);
-      copy(kp.tma_kv.with(*pipe.producer_get_barrier(write), 0), tKVg(_, page_id), tKVs(_, write.index()));
+      copy(kp.tma_kv.with(*pipe.producer_get_barrier(write), 0, hint), tKVg(_, page_id), tKVs(_, write.index()));
       ++write;
     }
   }

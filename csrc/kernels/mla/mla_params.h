@@ -31,6 +31,9 @@ struct MlaDecodeParams {
   int page_size = 64;
   float scale = 0.f;
   bool causal = false;
+  // The cache streams through L2 once (one query block per KV head): load it evict-first, so the
+  // partial results of split sequences stay in L2 for the combine.
+  bool kv_evict_first = true;
 
   const void* q = nullptr;  // [B, s_q, Hq, 576]
   int64_t q_batch_stride = 0, q_row_stride = 0, q_head_stride = 0;
