@@ -5,8 +5,6 @@
 
 #include <cuda_runtime.h>
 
-#include <cstdlib>
-
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
@@ -26,6 +24,7 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
       p.num_heads_k > 65535)
     return Status::kInvalidArgument;
   const int rows = p.rows_per_group();
+  if ((int64_t)p.batch * rows >= (1LL << 31)) return Status::kInvalidArgument;  // combine grid.x
   const int num_m_blocks = (rows + Traits::kBlockM - 1) / Traits::kBlockM;
   // A cache without pages holds no keys: every sequence is empty (a TMA tensor cannot be empty).
   const int num_pages = p.num_pages > 0 ? p.num_pages : 1;
@@ -33,7 +32,6 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
 
   // Several query blocks of one KV head read each page about together: keep it in L2 for them.
   p.kv_evict_first = num_m_blocks == 1;
-  if (const char* e = getenv("ATTNX_MLA_EVICT_FIRST")) p.kv_evict_first = e[0] == '1';  // experiment switch
   const int64_t row_stride = (int64_t)p.num_heads_k * Traits::kHeadDim;  // contiguous cache
   auto mKV = make_tensor(make_gmem_ptr(static_cast<Element const*>(p.kv)),
                          make_shape(int32_t(Traits::kPage), int32_t(Traits::kHeadDim), int32_t(p.num_heads_k),
@@ -59,8 +57,9 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
   kernel<<<dim3(num_m_blocks, p.num_parts, p.num_heads_k), Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
   if (cudaGetLastError() != cudaSuccess) return Status::kCudaError;
 
-  const dim3 grid(p.batch, p.num_heads_k, (rows + kCombineRowsPerBlock - 1) / kCombineRowsPerBlock);
-  mla_combine_kernel<Element, Traits::kHeadDimV><<<grid, 32 * kCombineRowsPerBlock, 0, stream>>>(p);
+  const dim3 grid(p.batch * rows, p.num_heads_k);
+  mla_combine_kernel<Element, Traits::kHeadDimV>
+      <<<grid, MlaCombineShape<Traits::kHeadDimV>::kThreads, 0, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

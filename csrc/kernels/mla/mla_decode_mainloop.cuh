@@ -32,8 +32,9 @@ struct MlaDecodeKernelParams {
 };
 
 // Named barriers among the 256 consumer threads.
-enum MlaBarrier : int { kBarQReady = 0, kBarRowMax = 1, kBarPReady = 2, kBarRowSum = 3 };
-__device__ __forceinline__ void consumer_sync(MlaBarrier id) { NamedBarrier::sync(id, 256); }
+// kBarStage + wg: one warpgroup's epilogue staging (128 threads).
+enum MlaBarrier : int { kBarQReady = 0, kBarRowMax = 1, kBarPReady = 2, kBarRowSum = 3, kBarStage = 4 };
+__device__ __forceinline__ void consumer_sync(int id) { NamedBarrier::sync(id, 256); }
 
 template <class Traits>
 __device__ void mla_decode_load(const MlaDecodeKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
