@@ -339,3 +339,13 @@ def test_mla_debug_checks_block_table(monkeypatch):
         bad = table.clone()
         bad[0, 1] = bad_id  # sequence 0 (100 tokens) uses pages 0 and 1
         _raises(lambda bad=bad: attnx.mla_decode(q, kv, bad, lens), "block_table")
+
+
+def test_mla_native_ops_pass_opcheck():
+    """The CUDA kernels against their schemas and fake kernels (torch.compile): opcheck on the GPU."""
+    need(torch.bfloat16)
+    q, kv, table, lens = _small()
+    meta = torch.ops.attnx.mla_decode_metadata(lens, q.shape[2], 1, q.shape[1])
+    torch.library.opcheck(torch.ops.attnx.mla_decode_metadata.default, (lens, q.shape[2], 1, q.shape[1]))
+    torch.library.opcheck(torch.ops.attnx.mla_decode.default, (q, kv, table, lens, 512, None, True, *meta))
+    torch.library.opcheck(torch.ops.attnx.mla_decode.default, (q, kv, table, lens, 512, 0.1, False, None, None))
