@@ -75,10 +75,21 @@ def aligned_16b(x) -> bool:
     return x.data_ptr() % 16 == 0 and all(st % 8 == 0 for sz, st in zip(x.shape[:-1], x.stride()[:-1]) if sz > 1)
 
 
-def covers(op: str, q, k=None, v=None, *, head_dim_v=None) -> bool:
+def block_sparse_tiles(head_dim: int) -> tuple:
+    """(q_block, kv_block) of the native block-sparse forward: the dense kernel's tile shape."""
+    return (192, 128) if head_dim == 64 else (128, 128)
+
+
+def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None) -> bool:
     """True if the native library has a kernel instance for this CUDA call."""
     if not q.is_cuda or not has_cuda_kernel(op):
         return False
+    if op == "block_sparse_attention":  # q, k, v; the tiles must be the forward kernel's own
+        tag = _DTYPE_TAG.get(q.dtype)
+        d = q.shape[-1]
+        return (tag is not None and f"fmha_fwd_{tag}_hdim{d}" in _state["instances"] and _sm90(q.device)
+                and v.shape[-1] == d and tiles is not None and tuple(tiles) == block_sparse_tiles(d)
+                and all(aligned_16b(x) for x in (q, k, v)))
     if op == "mla_decode_metadata":
         return _sm90(q.device)
     if op == "mla_decode":  # q, kv_cache: DeepSeek head dims, 64-token pages, contiguous cache
@@ -112,6 +123,10 @@ def info() -> dict:
             prefix = "fmha_bwd" if name.endswith("_backward") else "fmha_fwd"
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix))) \
                 + " on sm_90; reference otherwise"
+        elif name == "block_sparse_attention" and cuda == "native":
+            cuda = ("native forward for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_fwd")))
+                    + " with (q_block, kv_block) = (128, 128), (192, 128) at head dim 64, on sm_90; backward and"
+                    " other tiles: reference")
         elif name == "mla_decode" and cuda == "native":
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("mla_decode"))) \
                 + " (head dims 576/512, page 64, contiguous cache) on sm_90; reference otherwise"

@@ -4,8 +4,8 @@
 //                           complete on mbarriers; the warpgroup gives its registers away.
 //   warpgroups 1.. (consumers): 64 query rows each; wgmma S = Q K^T, mask, online softmax,
 //                           wgmma O += P V from registers; then the epilogue.
-// The iteration space (which KV tiles, which elements masked) is the Mask type's business, the
-// addressing (dense or packed) VarlenBlockInfo's.
+// The iteration space is a walk over KV tiles (a range from the Mask, or a block-sparse list)
+// plus the Mask's element masking; the addressing (dense or packed) is VarlenBlockInfo's.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -18,7 +18,25 @@
 
 namespace attnx::fmha {
 
-template <class Traits>
+// The KV tiles Q tile m_block visits: the mask's range, or the block-sparse list.
+template <class Traits, bool kBlockSparse, class Mask>
+__device__ auto fmha_fwd_walk(const FmhaFwdParams& p, const Mask& mask, const VarlenBlockInfo& info, int batch,
+                              int head, int m_block) {
+  if constexpr (kBlockSparse) {
+    const int count = p.kv_block_count[batch * p.bs_count_batch_stride + head * p.bs_count_head_stride +
+                                       m_block * p.bs_count_tile_stride];
+    const int num_tiles = (info.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+    return KvTileList{p.kv_block_index + batch * p.bs_index_batch_stride + head * p.bs_index_head_stride +
+                          m_block * p.bs_index_tile_stride,
+                      num_tiles > 0 ? min(max(count, 0), p.bs_max_count) : 0, num_tiles};
+  } else {
+    KvTileRange range;
+    mask.n_block_range(m_block, range.n_min, range.n_max);
+    return range;
+  }
+}
+
+template <class Traits, bool kBlockSparse>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fmha_fwd_kernel(const __grid_constant__ FmhaFwdKernelParams<Traits> kp) {
   using Pipeline = typename Traits::Pipeline;
@@ -37,9 +55,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const VarlenBlockInfo info(p, batch);
   if (m_block * kBlockM >= info.seqlen_q) return;  // packed: past this sequence's end
   const WindowMask<kBlockM, kBlockN> mask(info.seqlen_q, info.seqlen_k, p.window_left, p.window_right, p.causal);
-  int n_min, n_max;
-  mask.n_block_range(m_block, n_min, n_max);
-  const bool has_keys = n_max > n_min;
+  const auto walk = fmha_fwd_walk<Traits, kBlockSparse>(p, mask, info, batch, head, m_block);
+  const bool has_keys = walk.count() > 0;
 
   const int wg = threadIdx.x / 128;
   const auto pp = tma_pipeline_params<Pipeline>(Traits::kTmaBytesKV, Traits::kNumMmaThreads);
@@ -56,7 +73,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       cute::prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(kp.tma_v.get_tma_descriptor());
       const int head_k = head / (p.num_heads_q / p.num_heads_k);
-      fmha_fwd_load<Traits>(kp, ss, pipe_k, pipe_v, info, m_block, head, head_k, n_min, n_max);
+      fmha_fwd_load<Traits>(kp, ss, pipe_k, pipe_v, info, m_block, head, head_k, walk);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
@@ -65,7 +82,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
     OnlineSoftmax<2> softmax(p.scale);
     if (has_keys) {
-      fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, m_block, n_min, n_max, mma_tid, tOrO, softmax);
+      fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, m_block, walk, mma_tid, tOrO, softmax);
     } else {
       clear(tOrO);
     }

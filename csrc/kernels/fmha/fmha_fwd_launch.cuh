@@ -55,7 +55,11 @@ Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
       mK.shape(),
   };
 
-  auto kernel = fmha_fwd_kernel<Traits>;
+  const bool block_sparse = p.kv_block_index != nullptr;
+  if (block_sparse && (packed || p.causal || p.window_left >= 0 || p.window_right >= 0 ||
+                       p.bs_q_block != Traits::kBlockM || p.bs_kv_block != Traits::kBlockN))
+    return Status::kUnsupported;
+  auto kernel = block_sparse ? fmha_fwd_kernel<Traits, true> : fmha_fwd_kernel<Traits, false>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
     return Status::kCudaError;
   const dim3 grid((unsigned)(num_m_blocks * p.batch), p.num_heads_q);

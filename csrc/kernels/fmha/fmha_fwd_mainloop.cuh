@@ -1,9 +1,9 @@
 // The two halves of the forward mainloop: the producer (TMA loads of Q once and of K/V tiles
 // through a kStages-deep mbarrier pipeline) and the consumer warpgroups (wgmma + online softmax).
 //
-// Both halves walk the same KV tiles in the same order, from n_max - 1 down to n_min: the tiles
-// needing a per-element mask (the sequence end, the causal diagonal) come first, and the
-// pipeline stage of tile n is implied by its position in the walk.
+// Both halves walk the same KV tiles in the same order (kv_tile_walk.cuh): for dense attention
+// from the last tile down, so the tiles needing a per-element mask (the sequence end, the causal
+// diagonal) come first; the pipeline stage of a tile is implied by its position in the walk.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -12,6 +12,7 @@
 #include "../common/named_barrier.cuh"
 #include "fmha_fwd_traits.h"
 #include "fmha_params.h"
+#include "kv_tile_walk.cuh"
 #include "online_softmax.cuh"
 #include "varlen_block_info.cuh"
 #include "wgmma_gemm.cuh"
@@ -32,11 +33,10 @@ struct FmhaFwdKernelParams {
 
 // One thread issues everything: Q, then K_n and V_n for each visited tile. K and V have separate
 // pipelines so the consumers start S = Q K^T before V has landed.
-template <class Traits>
+template <class Traits, class Walk>
 __device__ void fmha_fwd_load(const FmhaFwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
                               typename Traits::Pipeline& pipe_k, typename Traits::Pipeline& pipe_v,
-                              const VarlenBlockInfo& info, int m_block, int head, int head_k, int n_min,
-                              int n_max) {
+                              const VarlenBlockInfo& info, int m_block, int head, int head_k, const Walk& walk) {
   using BlockQ = Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>;
   using BlockKV = Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>;
   Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q)(_, _, head, info.tma_batch);
@@ -55,7 +55,9 @@ __device__ void fmha_fwd_load(const FmhaFwdKernelParams<Traits>& kp, typename Tr
   cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
   copy(kp.tma_q.with(ss.barrier_q, 0), tQgQ, tQsQ);
   auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
-  for (int n = n_max - 1; n >= n_min; --n) {
+  const int count = walk.count();
+  for (int i = 0; i < count; ++i) {
+    const int n = walk.tile(i);
     pipe_k.producer_acquire(write);
     copy(kp.tma_k.with(*pipe_k.producer_get_barrier(write), 0), tKgK(_, n), tKsK(_, write.index()));
     pipe_v.producer_acquire(write);
@@ -87,9 +89,9 @@ struct WarpgroupScheduler {
 // Consumer warpgroups: O (tOrO, unnormalised) and the softmax state for this thread's rows.
 // Software pipelining inside the warpgroup: S_n = Q K_n^T is issued before O += P_{n+1} V_{n+1}
 // of the previous tile, so the tensor cores run one GEMM while the softmax of the other waits.
-template <class Traits, class Mask, class TensorO, class Softmax>
+template <class Traits, class Mask, class Walk, class TensorO, class Softmax>
 __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits::Pipeline& pipe_k,
-                             typename Traits::Pipeline& pipe_v, const Mask& mask, int m_block, int n_min, int n_max,
+                             typename Traits::Pipeline& pipe_v, const Mask& mask, int m_block, const Walk& walk,
                              int mma_tid, TensorO& tOrO, Softmax& softmax) {
   using TileShapeQK = typename Traits::TileShapeQK;
   typename Traits::TiledMmaQK mma_qk;
@@ -116,7 +118,7 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
   cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_q, 0);
   typename Traits::PipelineState read;  // stage 0, phase 0
 
-  int n = n_max - 1;
+  int n = walk.tile(0);
   Tensor tSrS = scores();
   pipe_k.consumer_wait(read);
   scheduler.wait();
@@ -132,7 +134,9 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
   }
   auto tOrP = to_p(tSrS);
 
-  for (--n; n >= n_min; --n) {
+  const int count = walk.count();
+  for (int i = 1; i < count; ++i) {
+    n = walk.tile(i);
     auto read_v = read;
     ++read;
     Tensor tSrS = scores();

@@ -45,6 +45,17 @@ struct FmhaFwdParams {
   int window_left = -1;
   int window_right = -1;
   DType dtype = DType::kBFloat16;
+
+  // Block-sparse attention (dense layout, no causal or window): Q tile t of (batch b, head h)
+  // visits the KV tiles kv_block_index[b, h, t, :kv_block_count[b, h, t]] (int32, the list
+  // contiguous; a batch or head stride of 0 broadcasts) instead of a range. The tiles are the
+  // kernel's own: bs_q_block must be its kBlockM and bs_kv_block its kBlockN.
+  const int* kv_block_index = nullptr;
+  const int* kv_block_count = nullptr;
+  int64_t bs_index_batch_stride = 0, bs_index_head_stride = 0, bs_index_tile_stride = 0;
+  int64_t bs_count_batch_stride = 0, bs_count_head_stride = 0, bs_count_tile_stride = 0;
+  int bs_max_count = 0;
+  int bs_q_block = 0, bs_kv_block = 0;
 };
 
 }  // namespace attnx::fmha

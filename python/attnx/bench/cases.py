@@ -400,7 +400,8 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
 # ----------------------------------------------------------------------------------------------
 GNA = {  # strided NA: (spatial, kernel, stride); block-sparse: (spatial, kernel, stride, tile); B, H, D
     "full": ([((128, 128), (32, 32), (16, 16))],
-             [((128, 128), (32, 32), (16, 16), (16, 8)), ((8, 64, 64), (8, 16, 16), (8, 16, 16), (4, 4, 8))],
+             [((128, 128), (32, 32), (16, 16), (16, 8)), ((8, 64, 64), (8, 16, 16), (8, 16, 16), (4, 4, 8)),
+              ((16, 64, 64), (8, 16, 16), (8, 16, 16), (2, 8, 8))],  # the perfectly block-sparse case
              1, 16, 128),
     "quick": ([((64, 64), (16, 16), (8, 8))],
               [((64, 64), (16, 16), (8, 8), (16, 8)), ((8, 16, 32), (4, 8, 8), (4, 8, 8), (4, 4, 8))],
@@ -489,9 +490,21 @@ def _block_sparse_case(ctx, spatial, kernel, stride, tile, b, h, d):
         allowed = torch.from_numpy(allowed_np.reshape(-1)).to(ctx.device)
         return P.tile_mask_mod(allowed, nt, block, block)
 
+    def which_kernel(s):  # as attnx.block_sparse_attention decides
+        native = attnx._native.covers("block_sparse_attention", s["q"], s["k"], s["v"], tiles=(block, block))
+        return "native" if native else "reference"
+
+    def dense(s):  # attnx's own dense attention: "attnx vs" of this row is the achieved speedup
+        return attnx.attention(s["q"], s["k"], s["v"])
+
     def impls():
-        return [_attnx_impl(ctx, run, lambda s: ctx.op_status("block_sparse_attention"), ref_seconds=ref_full),
-                P.flex_peer(ctx, tile_mask, tokens=tokens, block=block, name="flex (tile mask)")]
+        out = [_attnx_impl(ctx, run, which_kernel, ref_seconds=ref_full),
+               P.flex_peer(ctx, tile_mask, tokens=tokens, block=block, name="flex (tile mask)")]
+        if ctx.cuda:
+            out.append(Impl(name="attnx dense attention", run=dense, kernel="peer", check=False,
+                            flops=attention_flops(b, h, d, tokens * tokens),
+                            note="all pairs: its 'attnx vs' is the block-sparse speedup"))
+        return out
 
     name = (f"block-sparse {len(spatial)}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)} s{_fmt_axes(stride)} "
             f"tile {_fmt_axes(tile)} H{h} D{d}")

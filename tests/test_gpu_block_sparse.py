@@ -1,0 +1,141 @@
+"""GPU tests of the native block-sparse forward (the dense FMHA walking listed KV tiles) against
+the reference: random block lists (including Q tiles that visit nothing: out 0, lse -inf),
+broadcast index tensors, partial last tiles, gradients through the reference backward, malformed
+lists. Outputs are poisoned (NaN) before each call.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnx
+import attnx.reference
+from attnx import _native
+from conftest import names_arg, rel_err
+from test_gpu_attention import LSE_TOL, OUT_TOL, built, poison_allocator
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not _native.has_cuda_kernel("block_sparse_attention"),
+    reason="needs a CUDA GPU and the native library")
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def need(dtype, d):
+    if torch.cuda.get_device_capability() != (9, 0) or not built(dtype, d):
+        pytest.skip("no native forward instance for this dtype / head dim on this GPU")
+
+
+def random_lists(bi, hi, n_q_tiles, n_kv_tiles, max_count, empty_every=4):
+    """Distinct random KV tiles per Q tile; every empty_every-th Q tile visits none."""
+    idx = torch.full((bi, hi, n_q_tiles, max_count), -1, dtype=torch.int32)
+    cnt = torch.zeros((bi, hi, n_q_tiles), dtype=torch.int32)
+    for b in range(bi):
+        for h in range(hi):
+            for t in range(n_q_tiles):
+                c = 0 if t % empty_every == empty_every - 1 else int(torch.randint(1, min(max_count, n_kv_tiles) + 1, ()))
+                idx[b, h, t, :c] = torch.randperm(n_kv_tiles)[:c].to(torch.int32)
+                cnt[b, h, t] = c
+    return idx.cuda(), cnt.cuda()
+
+
+def run_case(dtype, d, b, lq, lk, h, bcast, grad=False):
+    qb, kb = _native.block_sparse_tiles(d)
+    nq, nk = -(-lq // qb), -(-lk // kb)
+    q = torch.randn(b, lq, h, d, device="cuda", dtype=dtype, requires_grad=grad)
+    k = torch.randn(b, lk, h, d, device="cuda", dtype=dtype, requires_grad=grad)
+    v = torch.randn(b, lk, h, d, device="cuda", dtype=dtype, requires_grad=grad)
+    idx, cnt = random_lists(1 if bcast else b, 1 if bcast else h, nq, nk, max(1, min(nk, 5)))
+    assert _native.covers("block_sparse_attention", q, k, v, tiles=(qb, kb))
+    poison_allocator()
+    out, lse = attnx.block_sparse_attention(q, k, v, idx, cnt, q_block=qb, kv_block=kb, return_lse=True)
+    torch.cuda.synchronize()
+    ref_out, ref_lse = attnx.reference.block_sparse_attention(q.detach().float(), k.detach().float(),
+                                                              v.detach().float(), idx, cnt, q_block=qb,
+                                                              kv_block=kb, return_lse=True)
+    assert rel_err(out, ref_out) < OUT_TOL[dtype]
+    assert not torch.isnan(lse).any()
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "empty rows differ"
+    empty = torch.isinf(ref_lse)
+    assert (out.float()[empty] == 0).all(), "a Q tile visiting nothing must give zeros"
+    fin = ~empty
+    if fin.any():
+        assert (lse[fin] - ref_lse[fin]).abs().max().item() < LSE_TOL
+    return q, k, v, idx, cnt, out, qb, kb
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("b,lq,lk,h,bcast", [(1, 1, 1, 1, True), (2, 1000, 1000, 3, False), (1, 384, 777, 2, True),
+                                             (2, 2048, 2048, 4, False), (1, 130, 5000, 1, False)])
+def test_block_sparse_forward_matches_reference(dtype, d, b, lq, lk, h, bcast):
+    need(dtype, d)
+    torch.manual_seed(lq + lk + d)
+    run_case(dtype, d, b, lq, lk, h, bcast)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_block_sparse_gradients_through_reference_backward(d):
+    """Native forward, reference backward (autograd): gradients match the reference's."""
+    need(torch.bfloat16, d)
+    torch.manual_seed(d)
+    q, k, v, idx, cnt, out, qb, kb = run_case(torch.bfloat16, d, 1, 500, 600, 2, False, grad=True)
+    dout = torch.randn_like(out)
+    g = torch.autograd.grad(out, (q, k, v), dout)
+    qr, kr, vr = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = attnx.reference.block_sparse_attention(qr, kr, vr, idx, cnt, q_block=qb, kv_block=kb)
+    g_ref = torch.autograd.grad(ref, (qr, kr, vr), dout.float())
+    for a, r in zip(g, g_ref):
+        assert rel_err(a, r) < 3e-2
+
+
+def test_block_sparse_other_tiles_use_reference():
+    need(torch.bfloat16, 128)
+    q, k, v = (torch.randn(1, 200, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx, cnt = random_lists(1, 1, 4, 4, 2)
+    assert not _native.covers("block_sparse_attention", q, k, v, tiles=(64, 64))
+    out = attnx.block_sparse_attention(q, k, v, idx, cnt, q_block=64, kv_block=64)
+    ref = attnx.reference.block_sparse_attention(q.float(), k.float(), v.float(), idx, cnt, q_block=64, kv_block=64)
+    assert rel_err(out, ref) < OUT_TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("what", ["index_out_of_range", "negative_index", "count_above_capacity", "duplicate",
+                                  "wrong_dtype"])
+def test_block_sparse_malformed_lists(what):
+    need(torch.bfloat16, 128)
+    q, k, v = (torch.randn(1, 256, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx = torch.tensor([[[[0, 1], [1, 0]]]], dtype=torch.int32, device="cuda")
+    cnt = torch.tensor([[[2, 1]]], dtype=torch.int32, device="cuda")
+    name = "kv_block_index"
+    if what == "index_out_of_range":
+        idx[0, 0, 0, 1] = 2
+    elif what == "negative_index":
+        idx[0, 0, 1, 0] = -1
+    elif what == "count_above_capacity":
+        cnt[0, 0, 1] = 3
+        name = "kv_block_count"
+    elif what == "duplicate":
+        idx[0, 0, 0, 1] = 0
+    else:
+        idx = idx.long()
+    with pytest.raises(ValueError) as e:
+        attnx.block_sparse_attention(q, k, v, idx, cnt, q_block=128, kv_block=128)
+    assert names_arg(str(e.value), name), str(e.value)
+
+
+def test_block_sparse_recheck_after_inplace_change():
+    need(torch.bfloat16, 128)
+    q, k, v = (torch.randn(1, 256, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx = torch.tensor([[[[0, 1], [1, 0]]]], dtype=torch.int32, device="cuda")
+    cnt = torch.tensor([[[2, 1]]], dtype=torch.int32, device="cuda")
+    attnx.block_sparse_attention(q, k, v, idx, cnt, q_block=128, kv_block=128)
+    idx[0, 0, 1, 0] = 7  # in place: the values are checked again
+    with pytest.raises(ValueError):
+        attnx.block_sparse_attention(q, k, v, idx, cnt, q_block=128, kv_block=128)
+
+
+def test_block_sparse_native_op_passes_opcheck():
+    need(torch.bfloat16, 128)
+    q, k, v = (torch.randn(1, 300, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx, cnt = random_lists(1, 2, 3, 3, 2)
+    torch.library.opcheck(torch.ops.attnx.block_sparse_attention.default, (q, k, v, idx, cnt, 128, 128, None))
