@@ -48,6 +48,20 @@ for name in sorted(_native.instances()):
             torch.ops.attnx.varlen_attention_backward(torch.randn_like(out), None, q, k, k, out, lse, *args)
     ran.append(name + (" (+ backward)" if bwd else ""))
 for name in sorted(_native.instances()):
+    if not name.startswith("fmha_fwd"):
+        continue  # block-sparse forward: partial last tile, empty Q tiles, broadcast lists, junk ids
+    tag, hd = name.split("_")[2], int(name.split("hdim")[1])
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
+    qb, kb = _native.block_sparse_tiles(hd)
+    lq, lk = qb + 7, 2 * kb + 5
+    q = torch.randn(1, lq, 2, hd, device="cuda", dtype=dtype)
+    k = torch.randn(1, lk, 2, hd, device="cuda", dtype=dtype)
+    idx = torch.tensor([[[[2, 0, 9], [1, 0, 0]]]], dtype=torch.int32, device="cuda")  # 9: clamped junk
+    cnt = torch.tensor([[[3, 0]]], dtype=torch.int32, device="cuda")
+    torch.ops.attnx.block_sparse_attention(q, k, k, idx, cnt, qb, kb, None)
+    ran.append(name + " (block-sparse)")
+
+for name in sorted(_native.instances()):
     if not name.startswith("mla_decode"):
         continue
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name.split("_")[2]]
