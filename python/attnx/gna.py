@@ -445,6 +445,55 @@ def speedup_bound(spatial, kernel_size, stride=1, dilation=1, is_causal=False, q
     }
 
 
+@functools.lru_cache(maxsize=64)
+def block_sparse_plan(spatial: tuple, kernel_size: tuple, stride: tuple, is_causal: tuple, tile: tuple):
+    """The block-sparse form of a dilation-1 (G)NA configuration with one tile shape for Q and KV.
+
+    Tokens are taken tile-major (tile t = tokens [t * T, (t + 1) * T) with T = prod(tile), tiles
+    row-major over the tile grid; see :func:`to_tiles`). Per axis the keys of a tile's queries form
+    one range, so the KV tiles a Q tile visits are a Cartesian product of per-axis tile ranges.
+    Returns numpy (kv_block_index int32 [num_tiles, max_count], kv_block_count int32 [num_tiles]).
+    Exact for attention only when the configuration is perfectly block-sparse for this tile
+    (:func:`speedup_bound`); cached per configuration.
+    """
+    ranges = []
+    for n, k, st, t, c in zip(spatial, kernel_size, stride, tile, is_causal):
+        if n % t:
+            _fail("tile", tile, f"dims dividing the spatial extent {spatial}")
+        _, start, end = axis_neighborhoods(n, k, 1, st, c)
+        ranges.append([range(int(start[i:i + t].min()) // t, int(end[i:i + t].max()) // t + 1) for i in range(0, n, t)])
+    grid = [n // t for n, t in zip(spatial, tile)]
+    rows = [[int(np.ravel_multi_index(kc, grid)) for kc in itertools.product(*[ranges[a][c] for a, c in enumerate(coords)])]
+            for coords in itertools.product(*[range(g) for g in grid])]
+    index = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int32)
+    count = np.array([len(r) for r in rows], dtype=np.int32)
+    for t, r in enumerate(rows):
+        index[t, : len(r)] = r
+    index.setflags(write=False)
+    count.setflags(write=False)
+    return index, count
+
+
+def to_tiles(x, tile: Sequence[int]):
+    """[B, *spatial, H, D] -> [B, tokens, H, D] in tile-major token order (a copy)."""
+    b, spatial, rest = x.shape[0], x.shape[1:1 + len(tile)], x.shape[1 + len(tile):]
+    split = [b]
+    for n, t in zip(spatial, tile):
+        split += [n // t, t]
+    r = len(tile)
+    order = [0] + [1 + 2 * a for a in range(r)] + [2 + 2 * a for a in range(r)] + [1 + 2 * r + i for i in range(len(rest))]
+    return x.reshape(*split, *rest).permute(order).reshape(b, -1, *rest)
+
+
+def from_tiles(x, spatial: Sequence[int], tile: Sequence[int]):
+    """Inverse of :func:`to_tiles`: [B, tokens, ...] tile-major -> [B, *spatial, ...]."""
+    b, rest, r = x.shape[0], x.shape[2:], len(tile)
+    grid = [n // t for n, t in zip(spatial, tile)]
+    y = x.reshape(b, *grid, *tile, *rest)
+    order = [0] + [a for i in range(r) for a in (1 + i, 1 + r + i)] + [1 + 2 * r + i for i in range(len(rest))]
+    return y.permute(order).reshape(b, *spatial, *rest)
+
+
 def best_tiles(spatial, kernel_size, stride=1, dilation=1, is_causal=False, *, top=5) -> list:
     """The ``top`` (q_tile, kv_tile, result) among ``SUPPORTED_TILES[rank]`` by speedup_bound.
 

@@ -371,8 +371,15 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
         q, k, v = (last_batch_heads(s[n], hc) for n in "qkv")
         return attnx.reference.neighborhood_attention(q, k, v, kernel, **kw)
 
+    def which_kernel(s):  # as attnx.neighborhood_attention decides
+        from attnx.ops.neighborhood import _block_sparse_tile
+        qb, kb = attnx._native.block_sparse_tiles(d)
+        routed = (qb == kb and attnx._native.covers("block_sparse_attention", s["q"], s["k"], s["v"], tiles=(qb, kb))
+                  and _block_sparse_tile(tuple(spatial), kernel, stride, causal_t, qb) is not None)
+        return "native (block-sparse)" if routed else "reference"
+
     def impls():
-        return [_attnx_impl(ctx, run, lambda s: ctx.op_status("neighborhood_attention"), ref_seconds=ref_full),
+        return [_attnx_impl(ctx, run, which_kernel, ref_seconds=ref_full),
                 P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
                             spatial=spatial, name="flex (NA mask)")]
 
@@ -399,7 +406,7 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
 # gna: strided NA and block-sparse attention over a GNA tile plan
 # ----------------------------------------------------------------------------------------------
 GNA = {  # strided NA: (spatial, kernel, stride); block-sparse: (spatial, kernel, stride, tile); B, H, D
-    "full": ([((128, 128), (32, 32), (16, 16))],
+    "full": ([((128, 128), (32, 32), (16, 16)), ((16, 64, 64), (8, 16, 16), (8, 16, 16))],
              [((128, 128), (32, 32), (16, 16), (16, 8)), ((8, 64, 64), (8, 16, 16), (8, 16, 16), (4, 4, 8)),
               ((16, 64, 64), (8, 16, 16), (8, 16, 16), (2, 8, 8))],  # the issue's perfectly block-sparse case
              1, 16, 128),
@@ -413,36 +420,16 @@ GNA = {  # strided NA: (spatial, kernel, stride); block-sparse: (spatial, kernel
 
 
 def gna_plan(spatial, kernel, stride, tile, causal=None):
-    """Block-sparse plan of a (dilation-1) GNA config with the same tile shape for Q and KV.
-
-    Tokens are taken in tile-major order (tile t = tokens [t * T, (t + 1) * T), tiles row-major over
-    the tile grid). Per axis, the keys of the queries of a tile form one range, so the KV tiles a
-    Q tile visits are a Cartesian product of per-axis tile ranges. Returns (kv_block_index int32
-    [num_tiles, max_count], kv_block_count int32 [num_tiles], allowed bool [num_tiles, num_tiles]).
-    """
-    rank = len(spatial)
-    causal = _tup(False if causal is None else causal, rank)
-    ranges = []
-    for n, k, s, t, c in zip(spatial, kernel, stride, tile, causal):
-        if n % t:
-            raise ValueError(f"tile {tile} does not divide spatial {spatial}")
-        _, start, end = attnx.gna.axis_neighborhoods(n, k, 1, s, c)
-        ranges.append([range(int(start[i:i + t].min()) // t, int(end[i:i + t].max()) // t + 1)
-                       for i in range(0, n, t)])
-    grid = [n // t for n, t in zip(spatial, tile)]
-    rows = []
-    for coords in itertools.product(*[range(g) for g in grid]):
-        per_axis = [ranges[a][coords[a]] for a in range(rank)]
-        rows.append([int(np.ravel_multi_index(kc, grid)) for kc in itertools.product(*per_axis)])
-    nt = len(rows)
-    max_count = max(len(r) for r in rows)
-    index = np.zeros((nt, max_count), dtype=np.int32)
-    count = np.zeros((nt,), dtype=np.int32)
+    """attnx.gna.block_sparse_plan of a (dilation-1) config, plus the allowed (Q tile, KV tile)
+    matrix the flex peer's tile mask needs: (index [num_tiles, max_count], count [num_tiles],
+    allowed bool [num_tiles, num_tiles])."""
+    causal = _tup(False if causal is None else causal, len(spatial))
+    index, count = attnx.gna.block_sparse_plan(tuple(spatial), tuple(kernel), tuple(stride), tuple(causal), tuple(tile))
+    index, count = index.copy(), count.copy()  # the plan is cached read-only
+    nt = index.shape[0]
     allowed = np.zeros((nt, nt), dtype=bool)
-    for t, r in enumerate(rows):
-        index[t, : len(r)] = r
-        count[t] = len(r)
-        allowed[t, r] = True
+    for t in range(nt):
+        allowed[t, index[t, : count[t]]] = True
     return index, count, allowed
 
 
