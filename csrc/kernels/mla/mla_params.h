@@ -31,8 +31,8 @@ struct MlaDecodeParams {
   int page_size = 64;
   float scale = 0.f;
   bool causal = false;
-  // The cache streams through L2 once (one query block per KV head): load it evict-first, so the
-  // partial results of split sequences stay in L2 for the combine.
+  // The cache streams through L2 once when one query block covers the KV head's rows: loaded
+  // evict-first then (measured: no change either way; the partials stayed in L2 regardless).
   bool kv_evict_first = true;
 
   const void* q = nullptr;  // [B, s_q, Hq, 576]
