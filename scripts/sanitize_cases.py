@@ -80,5 +80,18 @@ for name in sorted(_native.instances()):
         meta = torch.ops.attnx.mla_decode_metadata(seqlens, hq, 1, sq)
         torch.ops.attnx.mla_decode(q, kv, table, seqlens, 512, None, causal, *meta)
     ran.append(name)
+for name in sorted(_native.instances()):
+    if not name.startswith("na_fwd"):
+        continue  # fused NA: 1-D to 3-D, tiles overhanging the axes, several batches, GQA, stride, causal
+    tag, hd = name.split("_")[2], int(name.split("hdim")[1])
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
+    for b, spatial, hq, hk, ks, st, ca in [(1, (1,), 1, 1, [1], [1], [False]),
+                                           (2, (300,), 2, 1, [65], [1], [True]),
+                                           (2, (13, 21), 2, 2, [5, 8], [2, 1], [False, True]),
+                                           (3, (5, 9, 11), 4, 2, [3, 4, 11], [1, 3, 1], [True, False, False])]:
+        q = torch.randn(b, *spatial, hq, hd, device="cuda", dtype=dtype)
+        k = torch.randn(b, *spatial, hk, hd, device="cuda", dtype=dtype)
+        torch.ops.attnx.neighborhood_attention(q, k, k, ks, [1] * len(ks), st, ca, None)
+    ran.append(name)
 torch.cuda.synchronize()
 print("sanitize cases ran:", ", ".join(ran))

@@ -139,36 +139,3 @@ def test_block_sparse_native_op_passes_opcheck():
     q, k, v = (torch.randn(1, 300, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     idx, cnt = random_lists(1, 2, 3, 3, 2)
     torch.library.opcheck(torch.ops.attnx.block_sparse_attention.default, (q, k, v, idx, cnt, 128, 128, None))
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("spatial,kernel,stride", [((2048,), (256,), (256,)), ((16, 32), (8, 16), (8, 16)),
-                                                   ((8, 16, 16), (4, 8, 8), (4, 8, 8)),
-                                                   ((16, 64, 64), (8, 16, 16), (8, 16, 16))])
-def test_blocked_na_runs_as_block_sparse(dtype, spatial, kernel, stride, monkeypatch):
-    """Perfectly block-sparse NA configurations take the native block-sparse forward (tokens
-    permuted tile-major) and equal the NA reference."""
-    need(dtype, 128)
-    import attnx.ops.neighborhood as nb
-    calls = []
-    real = nb.block_sparse_attention
-    monkeypatch.setattr(nb, "block_sparse_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    torch.manual_seed(sum(spatial))
-    q, k, v = (torch.randn(1, *spatial, 2, 128, device="cuda", dtype=dtype) for _ in range(3))
-    poison_allocator()
-    out, lse = attnx.neighborhood_attention(q, k, v, kernel, stride=stride, return_lse=True)
-    assert calls, "the configuration should run as block-sparse attention"
-    ref_out, ref_lse = attnx.reference.neighborhood_attention(q.float(), k.float(), v.float(), kernel, stride=stride,
-                                                              return_lse=True)
-    assert rel_err(out, ref_out) < OUT_TOL[dtype]
-    assert (lse - ref_lse).abs().max().item() < LSE_TOL
-
-
-def test_not_block_sparse_na_uses_reference(monkeypatch):
-    need(torch.bfloat16, 128)
-    import attnx.ops.neighborhood as nb
-    monkeypatch.setattr(nb, "block_sparse_attention", lambda *a, **kw: pytest.fail("must not route"))
-    q, k, v = (torch.randn(1, 32, 32, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    out = attnx.neighborhood_attention(q, k, v, (7, 7))  # sliding window: element masks needed
-    ref = attnx.reference.neighborhood_attention(q.float(), k.float(), v.float(), (7, 7))
-    assert rel_err(out, ref) < OUT_TOL[torch.bfloat16]

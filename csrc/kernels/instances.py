@@ -16,10 +16,11 @@ DTYPES = {"fp16": ("cutlass::half_t", "DType::kFloat16"), "bf16": ("cutlass::bfl
 
 # (family, dtype, head_dim)
 INSTANCES = ([(fam, dt, d) for fam in ("fmha_fwd", "fmha_bwd") for dt in ("fp16", "bf16") for d in (64, 128)]
-             + [("mla_decode", dt, 576) for dt in ("fp16", "bf16")])
+             + [("mla_decode", dt, 576) for dt in ("fp16", "bf16")]
+             + [("na_fwd", dt, d) for dt in ("fp16", "bf16") for d in (32, 64, 128)])
 SETS = {
     "all": INSTANCES,
-    "ci": [("fmha_fwd", "bf16", 128), ("fmha_bwd", "bf16", 128), ("mla_decode", "bf16", 576)],
+    "ci": [("fmha_fwd", "bf16", 128), ("fmha_bwd", "bf16", 128), ("mla_decode", "bf16", 576), ("na_fwd", "bf16", 128)],
 }
 
 
@@ -38,6 +39,8 @@ FAMILIES = {
                        "run_fmha_bwd<FmhaBwdConfig<{elem}, {d}>::Traits>(p, stream)"),
     "mla_decode": Family("mla/mla_decode_launch.cuh", "mla/mla_api.h", "attnx::mla", "MlaDecodeParams",
                          "run_mla_decode<MlaDecodeTraits<{elem}>>(p, stream)"),
+    "na_fwd": Family("na/na_fwd_launch.cuh", "na/na_api.h", "attnx::na", "NaFwdParams",
+                     "run_na_fwd<NaFwdConfig<{elem}, {d}>::Traits>(p, stream)"),
 }
 # Sources every kernel set builds (not templated per instance).
 FIXED_SOURCES = ["mla/mla_metadata.cu"]

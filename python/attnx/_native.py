@@ -80,7 +80,7 @@ def block_sparse_tiles(head_dim: int) -> tuple:
     return (192, 128) if head_dim == 64 else (128, 128)
 
 
-def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None) -> bool:
+def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=None) -> bool:
     """True if the native library has a kernel instance for this CUDA call."""
     if not q.is_cuda or not has_cuda_kernel(op):
         return False
@@ -90,6 +90,11 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None) -> bool:
         return (tag is not None and f"fmha_fwd_{tag}_hdim{d}" in _state["instances"] and _sm90(q.device)
                 and v.shape[-1] == d and tiles is not None and tuple(tiles) == block_sparse_tiles(d)
                 and all(aligned_16b(x) for x in (q, k, v)))
+    if op == "neighborhood_attention":  # q, k, v [B, *spatial, H, D]; dilated axes: reference
+        tag = _DTYPE_TAG.get(q.dtype)
+        return (tag is not None and f"na_fwd_{tag}_hdim{q.shape[-1]}" in _state["instances"] and _sm90(q.device)
+                and k.shape == v.shape and v.shape[-1] == q.shape[-1] and k.dtype == q.dtype == v.dtype
+                and dilation is not None and all(d == 1 for d in dilation))
     if op == "mla_decode_metadata":
         return _sm90(q.device)
     if op == "mla_decode":  # q, kv_cache: DeepSeek head dims, 64-token pages, contiguous cache
@@ -127,6 +132,10 @@ def info() -> dict:
             cuda = ("native forward for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_fwd")))
                     + " with (q_block, kv_block) = (128, 128), (192, 128) at head dim 64, on sm_90; backward and"
                     " other tiles: reference")
+        elif name == "neighborhood_attention" and cuda == "native":
+            cuda = ("native forward for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("na_fwd")))
+                    + " with dilation 1 (any kernel_size, stride, is_causal; 1-D to 3-D) on sm_90; backward,"
+                    " dilation > 1: reference")
         elif name == "mla_decode" and cuda == "native":
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("mla_decode"))) \
                 + " (head dims 576/512, page 64, contiguous cache) on sm_90; reference otherwise"

@@ -1,6 +1,10 @@
 // Epilogue of the forward: normalise O, stage it through shared memory (stmatrix into the Q
-// tile's bytes) and write whole 16-byte row segments to global memory, rows past the sequence
-// end skipped; lse from the quad leader of each row.
+// tile's bytes) and write whole 16-byte row segments to global memory, rows the row map calls
+// invalid skipped; lse from the quad leader of each row.
+//
+// A row map says where row r of the Q tile goes: valid(r), out_row(r) (the row's head vector)
+// and lse_row(r). Families differ only there (runs of rows here, multi-dimensional tiles in
+// neighborhood attention).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -13,10 +17,22 @@ namespace attnx::fmha {
 
 using namespace cute;
 
-template <class Traits, class TensorO, class Softmax>
+// Rows row0 + r of a sequence of seqlen rows with the given strides (dense and packed layouts).
+template <typename Element>
+struct SeqRowMap {
+  Element* out;
+  int64_t out_row_stride;
+  float* lse;
+  int lse_row_stride;
+  int row0, seqlen;
+  __device__ bool valid(int r) const { return row0 + r < seqlen; }
+  __device__ Element* out_row(int r) const { return out + (int64_t)(row0 + r) * out_row_stride; }
+  __device__ float* lse_row(int r) const { return lse + (int64_t)(row0 + r) * lse_row_stride; }
+};
+
+template <class Traits, class TensorO, class Softmax, class RowMap>
 __device__ void fmha_fwd_store(typename Traits::SharedStorage& ss, TensorO& tOrO, const Softmax& softmax,
-                               typename Traits::Element* o_seq, int64_t o_row_stride, float* lse_seq,
-                               int lse_row_stride, int m_block, int seqlen_q, int mma_tid) {
+                               const RowMap& rows, int mma_tid) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kHeadDim = Traits::kHeadDim;
   constexpr int kRows = Softmax::kNumRows;
@@ -36,8 +52,8 @@ __device__ void fmha_fwd_store(typename Traits::SharedStorage& ss, TensorO& tOrO
   if (mma_tid % 4 == 0) {
     CUTLASS_PRAGMA_UNROLL
     for (int mi = 0; mi < kRows; ++mi) {
-      const int row = m_block * kBlockM + get<0>(c_rc(mi, 0));
-      if (row < seqlen_q) lse_seq[(int64_t)row * lse_row_stride] = lse[mi];
+      const int r = get<0>(c_rc(mi, 0));
+      if (rows.valid(r)) *rows.lse_row(r) = lse[mi];
     }
   }
 
@@ -54,12 +70,11 @@ __device__ void fmha_fwd_store(typename Traits::SharedStorage& ss, TensorO& tOrO
   CUTLASS_PRAGMA_UNROLL
   for (int idx = wg_tid; idx < 64 * kVecs; idx += 128) {
     const int r = 64 * wg + idx / kVecs, c = (idx % kVecs) * 8;
-    const int row = m_block * kBlockM + r;
-    if (row < seqlen_q) {
+    if (rows.valid(r)) {
       // Through the tensor: the 128-byte swizzle acts on byte addresses (it permutes 16-byte
       // chunks, so the 8 elements from c are contiguous).
       const Element* src = &sO(r, c);
-      *reinterpret_cast<uint4*>(o_seq + (int64_t)row * o_row_stride + c) = *reinterpret_cast<const uint4*>(src);
+      *reinterpret_cast<uint4*>(rows.out_row(r) + c) = *reinterpret_cast<const uint4*>(src);
     }
   }
 }

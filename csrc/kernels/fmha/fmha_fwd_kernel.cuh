@@ -91,8 +91,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Element* o_seq = static_cast<Element*>(p.out) + o_batch + (int64_t)info.offset_q * p.o_row_stride +
                      (int64_t)head * p.o_head_stride;
     float* lse_seq = p.lse + info.out_row0(p, batch) * p.num_heads_q + head;
-    fmha_fwd_store<Traits>(ss, tOrO, softmax, o_seq, p.o_row_stride, lse_seq, p.num_heads_q, m_block,
-                           info.seqlen_q, mma_tid);
+    const SeqRowMap<Element> rows{o_seq, p.o_row_stride, lse_seq, p.num_heads_q, m_block * kBlockM, info.seqlen_q};
+    fmha_fwd_store<Traits>(ss, tOrO, softmax, rows, mma_tid);
   }
 }
 

@@ -118,7 +118,7 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
   cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_q, 0);
   typename Traits::PipelineState read;  // stage 0, phase 0
 
-  int n = walk.tile(0);
+  auto n = walk.tile(0);  // an int, or a family's tile coordinates
   Tensor tSrS = scores();
   pipe_k.consumer_wait(read);
   scheduler.wait();

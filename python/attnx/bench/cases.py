@@ -346,6 +346,14 @@ def neighborhood(ctx: Ctx) -> list:
     return [_na_case(ctx, "neighborhood", spatial, ks, 1, b, h, d) for spatial, ks in cfgs]
 
 
+def _na_tile_bound(spatial, kernel, stride, causal):
+    """The simulator's speedup bound for 128-token tiles of one shape for Q and KV (what the fused
+    kernel runs), maximised over the power-of-two shapes that fit the axes."""
+    best = max((attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal, q_tile=t, kv_tile=t)["speedup_bound"], t)
+               for t in attnx.gna._pow2_shapes(len(spatial), 128) if all(x <= n for x, n in zip(t, spatial)))
+    return best
+
+
 def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
     rank = len(spatial)
     kernel, stride, causal_t = _tup(kernel, rank), _tup(stride, rank), _tup(causal, rank)
@@ -362,26 +370,35 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
 
     def make_set(i):
         shape = (b, *spatial, h, d)
-        return {"q": randn(shape, ctx), "k": randn(shape, ctx), "v": randn(shape, ctx)}
+        s = {"q": randn(shape, ctx), "k": randn(shape, ctx), "v": randn(shape, ctx)}
+        s.update({f"{n}_flat": s[n].view(b, tokens, h, d) for n in "qkv"})  # views for the dense peers
+        return s
 
     def run(s):
         return attnx.neighborhood_attention(s["q"], s["k"], s["v"], kernel, **kw)
+
+    def dense(s):  # attnx's own dense attention over all tokens: its "attnx vs" is the NA speedup
+        return attnx.attention(s["q_flat"], s["k_flat"], s["v_flat"])
 
     def expected(s):
         q, k, v = (last_batch_heads(s[n], hc) for n in "qkv")
         return attnx.reference.neighborhood_attention(q, k, v, kernel, **kw)
 
     def which_kernel(s):  # as attnx.neighborhood_attention decides
-        from attnx.ops.neighborhood import _block_sparse_tile
-        qb, kb = attnx._native.block_sparse_tiles(d)
-        routed = (qb == kb and attnx._native.covers("block_sparse_attention", s["q"], s["k"], s["v"], tiles=(qb, kb))
-                  and _block_sparse_tile(tuple(spatial), kernel, stride, causal_t, qb) is not None)
-        return "native (block-sparse)" if routed else "reference"
+        native = attnx._native.covers("neighborhood_attention", s["q"], s["k"], s["v"], dilation=dil)
+        return "native (fused NA)" if native else "reference"
 
     def impls():
-        return [_attnx_impl(ctx, run, which_kernel, ref_seconds=ref_full),
-                P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
-                            spatial=spatial, name="flex (NA mask)")]
+        out = [_attnx_impl(ctx, run, which_kernel, ref_seconds=ref_full),
+               P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
+                           spatial=spatial, name="flex (NA mask)")]
+        if ctx.cuda and family == "neighborhood":
+            dense_flops = attention_flops(b, h, d, tokens * tokens)
+            out.append(Impl(name="attnx dense attention", run=dense, kernel="peer", check=False, flops=dense_flops,
+                            note="all pairs: its 'attnx vs' is the NA speedup over dense"))
+            out += P.sdpa_peers(ctx, causal=False, keys=("q_flat", "k_flat", "v_flat"), flops=dense_flops,
+                                note="dense attention over all tokens", check=False)
+        return out
 
     name = f"{rank}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)}"
     if any(s > 1 for s in stride):
@@ -389,7 +406,9 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
     if any(causal_t):
         name += " causal"
     name += f" H{h} D{d}" + (f" B{b}" if b > 1 else "")
-    note = ""
+    tile_bound, tile = _na_tile_bound(spatial, kernel, stride, causal_t)
+    note = (f"FLOP bound {sb['flop_speedup']:.2f}x over dense, tile bound {tile_bound:.2f}x "
+            f"(128-token tiles {_fmt_axes(tile)})")
     if family == "gna":
         note = (f"GNA bound {sb['speedup_bound']:.2f}x (FLOP {sb['flop_speedup']:.2f}x), "
                 f"tile util {100 * sb['tile_utilization']:.0f}%")

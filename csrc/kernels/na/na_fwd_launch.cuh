@@ -1,0 +1,112 @@
+// Host launcher of one fused neighborhood-attention forward instance (included by the generated
+// instance files only): picks the tile shape, builds the 5-D TMA views and launches.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cute/tensor.hpp>
+#include <cutlass/cuda_host_adapter.hpp>
+
+#include "../common/cuda_check.h"
+#include "na_fwd_kernel.cuh"
+#include "na_tile_choice.h"
+
+namespace attnx::na {
+
+inline bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+// The (chunk, axis 2, axis 1, batch x axis 0, head) view of a [B, X0, X1, X2, H, D] tensor. TMA
+// has at most five dimensions, so batch and axis 0 share one: their strides must chain
+// (batch stride = X0 * axis-0 stride), true of contiguous tensors and of q/k/v sliced from one
+// qkv tensor. Extent-1 dimensions get a contiguous-style stride (any valid one would do).
+template <class Traits>
+bool make_na_tma_view(cute::TmaDescriptor& desc, const void* ptr, const NaFwdParams& p, int heads,
+                      int64_t batch_stride, const int64_t (&axis_stride)[kAxes], int64_t head_stride,
+                      const int (&tile)[kAxes]) {
+  using Element = typename Traits::Element;
+  using Box = NaTmaBox<Traits>;
+  constexpr int64_t kElem = sizeof(Element);
+  int64_t merged = axis_stride[0];
+  if (p.extent[0] == 1) merged = batch_stride;
+  else if (p.batch > 1 && batch_stride != (int64_t)p.extent[0] * axis_stride[0]) return false;
+  const uint64_t dims[5] = {(uint64_t)Traits::kHeadDim, (uint64_t)p.extent[2], (uint64_t)p.extent[1],
+                            (uint64_t)p.batch * p.extent[0], (uint64_t)heads};
+  const int64_t given[4] = {axis_stride[2], axis_stride[1], merged, head_stride};
+  uint64_t strides[4];
+  uint64_t natural = Traits::kHeadDim * kElem;
+  for (int i = 0; i < 4; ++i) {
+    const int64_t s = dims[i + 1] > 1 ? given[i] * kElem : (int64_t)natural;
+    if (s <= 0 || s % 16 != 0 || s >= (1LL << 40)) return false;
+    strides[i] = (uint64_t)s;
+    natural = strides[i] * dims[i + 1];
+  }
+  const uint32_t box[5] = {(uint32_t)Box::kChunk, (uint32_t)tile[2], (uint32_t)tile[1], (uint32_t)tile[0], 1u};
+  const uint32_t element_strides[5] = {1, 1, 1, 1, 1};
+  const CUtensorMapDataType type = std::is_same_v<Element, cutlass::half_t> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                                            : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUtensorMapSwizzle swizzle = Box::kSwizzleBytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  const CUresult r = CUTLASS_CUDA_DRIVER_WRAPPER_CALL(cuTensorMapEncodeTiled)(
+      &desc, type, 5, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+// The tile shape this instance runs a problem with (p.q_tile when set, else the best one).
+template <class Traits>
+Status na_fwd_tiles(const NaFwdParams& p, int (&q_tile)[kAxes], int (&kv_tile)[kAxes]) {
+  static_assert(Traits::kBlockM == Traits::kBlockN);
+  int log2_tokens = 0;
+  while ((1 << log2_tokens) < Traits::kBlockM) ++log2_tokens;
+  if (p.q_tile[0] == 0 && p.q_tile[1] == 0 && p.q_tile[2] == 0) {
+    na_choose_tile(p, log2_tokens, q_tile);
+  } else {
+    for (int a = 0; a < kAxes; ++a) q_tile[a] = p.q_tile[a];
+  }
+  int tokens = 1;
+  for (int a = 0; a < kAxes; ++a) {
+    if (!is_pow2(q_tile[a]) || (p.kv_tile[a] != 0 && p.kv_tile[a] != q_tile[a])) return Status::kUnsupported;
+    kv_tile[a] = q_tile[a];
+    tokens *= q_tile[a];
+  }
+  if (tokens != Traits::kBlockM || (p.batch > 1 && p.extent[0] % q_tile[0] != 0)) return Status::kUnsupported;
+  return Status::kSuccess;
+}
+
+template <class Traits>
+Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
+  int64_t tokens = 1, num_q_tiles = 1;
+  for (int a = 0; a < kAxes; ++a) {
+    if (p.extent[a] < 0 || p.kernel_size[a] < 1 || p.stride[a] < 1 || p.stride[a] > p.kernel_size[a])
+      return Status::kInvalidArgument;
+    if (p.extent[a] > 0 && p.kernel_size[a] > p.extent[a]) return Status::kInvalidArgument;
+    tokens *= p.extent[a];
+  }
+  if (p.batch < 0 || p.num_heads_q < 0) return Status::kInvalidArgument;
+  if (p.batch == 0 || tokens == 0 || p.num_heads_q == 0) return Status::kSuccess;
+
+  NaFwdKernelParams<Traits> kp{};
+  kp.p = p;
+  const Status tiles = na_fwd_tiles<Traits>(p, kp.p.q_tile, kp.p.kv_tile);
+  if (tiles != Status::kSuccess) return tiles;
+  for (int a = 0; a < kAxes; ++a) num_q_tiles *= (p.extent[a] + kp.p.q_tile[a] - 1) / kp.p.q_tile[a];
+  if (num_q_tiles * p.batch >= (1LL << 31) || p.num_heads_q > 65535 || (int64_t)p.batch * p.extent[0] >= (1LL << 31))
+    return Status::kInvalidArgument;
+  kp.num_q_tiles = (int)num_q_tiles;
+  if (!make_na_tma_view<Traits>(kp.tma_q, p.q, p, p.num_heads_q, p.q_batch_stride, p.q_axis_stride, p.q_head_stride,
+                                kp.p.q_tile) ||
+      !make_na_tma_view<Traits>(kp.tma_k, p.k, p, p.num_heads_k, p.k_batch_stride, p.k_axis_stride, p.k_head_stride,
+                                kp.p.kv_tile) ||
+      !make_na_tma_view<Traits>(kp.tma_v, p.v, p, p.num_heads_k, p.v_batch_stride, p.v_axis_stride, p.v_head_stride,
+                                kp.p.kv_tile))
+    return Status::kUnsupported;  // strides TMA cannot describe: the caller makes the tensors contiguous
+
+  auto kernel = na_fwd_kernel<Traits>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kNaSmemBytes<Traits>) != cudaSuccess)
+    return Status::kCudaError;
+  const dim3 grid((unsigned)(num_q_tiles * p.batch), p.num_heads_q);
+  kernel<<<grid, Traits::kNumThreads, kNaSmemBytes<Traits>, stream>>>(kp);
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+}  // namespace attnx::na

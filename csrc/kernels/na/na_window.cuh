@@ -1,0 +1,177 @@
+// NATTEN's neighbourhood along one axis, and the element mask of a (Q tile, KV tile) pair built
+// from it. Dilation 1: the keys a query sees on an axis are one contiguous run [first, last].
+//
+// Per axis of length n, kernel k, stride s (reference: attnx.reference.neighborhood):
+//   non-causal: leader L = min(floor(i/s)*s + floor(s/2), n-1); keys clamp(L - floor(k/2), 0, n-k) ... + k-1
+//   causal:     leader L = min(floor(i/s)*s + s-1, n-1);        keys max(L-k+1, 0) ... i
+// first(i) and last(i) never decrease with i and consecutive runs overlap or touch (s <= k), so
+// the keys seen by a run of queries [q0, q1] are exactly [first(q0), last(q1)].
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "na_params.h"
+
+namespace attnx::na {
+
+struct NaAxis {
+  int n, k, s;
+  bool causal;
+
+  CUTE_HOST_DEVICE int first(int i) const {
+    const int base = s == 1 ? i : i / s * s;
+    int lead = base + (causal ? s - 1 : s / 2);
+    lead = lead < n - 1 ? lead : n - 1;
+    if (causal) return lead - k + 1 > 0 ? lead - k + 1 : 0;
+    const int start = lead - k / 2 > 0 ? lead - k / 2 : 0;
+    return start < n - k ? start : n - k;
+  }
+  CUTE_HOST_DEVICE int last(int i) const { return causal ? i : first(i) + k - 1; }
+
+  // KV tiles (of tk tokens) holding a key seen by the queries of the Q tile starting at q0.
+  CUTE_HOST_DEVICE void kv_tile_range(int q0, int tq, int tk, int& lo, int& hi) const {
+    const int q1 = q0 + tq - 1 < n - 1 ? q0 + tq - 1 : n - 1;
+    lo = first(q0) / tk;
+    hi = last(q1) / tk;
+  }
+
+  // Whether every query of the Q tile sees every key of the KV tile starting at k0 (rows past the
+  // axis end are never stored, so they do not count).
+  CUTE_HOST_DEVICE bool tile_fully_visible(int q0, int tq, int k0, int tk) const {
+    const int q1 = q0 + tq - 1 < n - 1 ? q0 + tq - 1 : n - 1;
+    const int k1 = k0 + tk - 1;
+    return k1 <= n - 1 && first(q1) <= k0 && last(q0) >= k1;
+  }
+};
+
+// A multi-dimensional tile of 2^(sum of log2) tokens, row-major over the three axes (axis 2
+// innermost): token r of the tile sits at offset ((r >> shift[a]) & (dim[a] - 1)) on axis a.
+struct NaTileShape {
+  int dim[kAxes];
+  int shift[kAxes];
+  CUTE_HOST_DEVICE explicit NaTileShape(const int (&d)[kAxes]) {
+    int sh = 0;
+    for (int a = kAxes - 1; a >= 0; --a) {
+      dim[a] = d[a];
+      shift[a] = sh;
+      for (int x = d[a]; x > 1; x >>= 1) ++sh;
+    }
+  }
+  CUTE_HOST_DEVICE int offset(int r, int a) const { return (r >> shift[a]) & (dim[a] - 1); }
+};
+
+// One KV tile of the walk: its tile coordinates per axis.
+struct NaKvTile {
+  int t[kAxes];
+};
+
+// The keys one query sees, per axis: [first, last] (absolute coordinates). 32 bytes: two
+// 16-byte shared-memory loads.
+struct NaRowWindow {
+  int first[kAxes], pad0;
+  int last[kAxes], pad1;
+};
+
+// Shared-memory tables of the element mask, filled once per CTA by the consumer warpgroups.
+//   windows[r]: the keys row r of the Q tile sees.
+//   below[q][base_a + v]: the columns (bit i = the thread's i-th accumulator column) whose offset
+//     on axis a inside the KV tile is below v, for v in [0, dim_a]; base_a = sum over axes b < a of
+//     (dim_b + 1). Threads of one lane % 4 (q) hold the same columns, so four tables serve all.
+// The keys of a KV tile a row sees on axis a are the offsets [lo, hi): their column set is
+// below[hi] & ~below[lo], and a row's mask is the AND over the axes: a few loads per row and
+// one bit test per score, whatever the tile shape.
+template <int kBlockM, int kBlockN>
+struct NaMaskSmem {
+  // sum over axes of (dim_a + 1) is largest for one axis of kBlockN and two of 1: kBlockN + 2 + kAxes.
+  static constexpr int kEntries = kBlockN + 2 + kAxes;
+  NaRowWindow windows[kBlockM];
+  uint32_t below[4][kEntries];
+};
+
+template <int kRows, int kBlockM, int kBlockN>
+struct NaMask {
+  // KV tile t needs no element mask iff on every axis full_lo <= t * dim and t * dim + dim - 1 <= full_hi.
+  int full_lo[kAxes], full_hi[kAxes];
+  int kv_dim[kAxes];
+  const NaMaskSmem<kBlockM, kBlockN>* sm;
+  const uint32_t* below;  // this thread's table
+
+  __device__ NaMask(const NaAxis (&axis)[kAxes], const NaTileShape& q_shape, const NaTileShape& kv_shape,
+                    const int (&q_origin)[kAxes], const NaMaskSmem<kBlockM, kBlockN>* smem, int mma_tid)
+      : sm(smem), below(smem->below[mma_tid % 4]) {
+    CUTLASS_PRAGMA_UNROLL
+    for (int a = 0; a < kAxes; ++a) {
+      const int q1 = min(q_origin[a] + q_shape.dim[a] - 1, axis[a].n - 1);
+      full_lo[a] = axis[a].first(q1);  // first(i) and last(i) never decrease
+      full_hi[a] = min(axis[a].last(q_origin[a]), axis[a].n - 1);
+      kv_dim[a] = kv_shape.dim[a];
+    }
+  }
+
+  __device__ bool tile_needs_mask(int /*m_block*/, const NaKvTile& kt) const {
+    bool full = true;
+    CUTLASS_PRAGMA_UNROLL
+    for (int a = 0; a < kAxes; ++a) {
+      const int k0 = kt.t[a] * kv_dim[a];
+      full = full && k0 >= full_lo[a] && k0 + kv_dim[a] - 1 <= full_hi[a];
+    }
+    return !full;
+  }
+
+  // s_rc: scores as (rows, cols); coord_rc: their (row, col) within the tile pair.
+  template <class TensorS, class TensorC>
+  __device__ void apply(TensorS& s_rc, TensorC const& coord_rc, int /*m_block*/, const NaKvTile& kt) const {
+    static_assert(decltype(cute::size<0>(s_rc))::value == kRows);
+    static_assert(decltype(cute::size<1>(s_rc))::value <= 32, "one bit per accumulator column");
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < kRows; ++mi) {
+      const NaRowWindow w = sm->windows[cute::get<0>(coord_rc(mi, 0))];
+      uint32_t bits = ~0u;
+      int base = 0;
+      CUTLASS_PRAGMA_UNROLL
+      for (int a = 0; a < kAxes; ++a) {
+        const int k0 = kt.t[a] * kv_dim[a];
+        const int lo = min(max(w.first[a] - k0, 0), kv_dim[a]);
+        const int hi = min(max(w.last[a] - k0 + 1, 0), kv_dim[a]);
+        bits &= below[base + hi] & ~below[base + lo];  // empty when hi <= lo: below[] only grows
+        base += kv_dim[a] + 1;
+      }
+      CUTLASS_PRAGMA_UNROLL
+      for (int ni = 0; ni < cute::size<1>(s_rc); ++ni)
+        if (!((bits >> ni) & 1u)) s_rc(mi, ni) = -INFINITY;
+    }
+  }
+};
+
+// Fills the mask tables (all consumer threads, then a barrier among them). coord_rc: this
+// thread's accumulator coordinates as (rows, cols).
+template <int kBlockM, int kBlockN, class TensorC>
+__device__ void na_fill_mask_tables(NaMaskSmem<kBlockM, kBlockN>* sm, const NaAxis (&axis)[kAxes],
+                                    const NaTileShape& q_shape, const NaTileShape& kv_shape,
+                                    const int (&q_origin)[kAxes], const TensorC& coord_rc, int mma_tid,
+                                    int num_threads) {
+  // Rows past an axis end take the last query's window: finite scores, never stored.
+  for (int row = mma_tid; row < kBlockM; row += num_threads) {
+    NaRowWindow w;
+    CUTLASS_PRAGMA_UNROLL
+    for (int a = 0; a < kAxes; ++a) {
+      const int i = min(q_origin[a] + q_shape.offset(row, a), axis[a].n - 1);
+      w.first[a] = axis[a].first(i);
+      w.last[a] = axis[a].last(i);
+    }
+    w.pad0 = w.pad1 = 0;
+    sm->windows[row] = w;
+  }
+  const int entries = kv_shape.dim[0] + kv_shape.dim[1] + kv_shape.dim[2] + kAxes;
+  for (int e = mma_tid / 4; e < entries; e += num_threads / 4) {
+    int a = 0, v = e;
+    while (v > kv_shape.dim[a]) v -= kv_shape.dim[a] + 1, ++a;
+    uint32_t bits = 0;
+    CUTLASS_PRAGMA_UNROLL
+    for (int ni = 0; ni < cute::size<1>(coord_rc); ++ni)
+      if (kv_shape.offset(cute::get<1>(coord_rc(0, ni)), a) < v) bits |= 1u << ni;
+    sm->below[mma_tid % 4][e] = bits;
+  }
+}
+
+}  // namespace attnx::na

@@ -1,0 +1,156 @@
+"""GPU tests of the fused neighborhood-attention forward against the reference: random 1-D/2-D/3-D
+configurations (odd and even kernels, strides, causal on some axes only, kernel equal to the
+axis, extents that are not multiples of a tile, several batches, GQA), the layouts it reads in
+place or copies, the dilated fallback, gradients through the reference backward, opcheck and bad
+input. Outputs are poisoned (NaN) before each call.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import attnx
+import attnx.reference
+from attnx import _native
+from conftest import names_arg, rel_err
+from test_gpu_attention import LSE_TOL, OUT_TOL, poison_allocator
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not _native.has_cuda_kernel("neighborhood_attention"),
+    reason="needs a CUDA GPU and the native library")
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def need(dtype, d):
+    tag = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    if torch.cuda.get_device_capability() != (9, 0) or f"na_fwd_{tag}_hdim{d}" not in _native.instances():
+        pytest.skip("no native NA instance for this dtype / head dim on this GPU")
+
+
+def check(q, k, v, kernel, dtype, **kw):
+    """Native forward (NaN-poisoned outputs) against the float32 reference."""
+    assert _native.covers("neighborhood_attention", q, k, v, dilation=(1,) * (q.dim() - 3)) or kw.get("dilation")
+    poison_allocator()
+    out, lse = attnx.neighborhood_attention(q, k, v, kernel, return_lse=True, **kw)
+    torch.cuda.synchronize()
+    ref_out, ref_lse = attnx.reference.neighborhood_attention(q.float(), k.float(), v.float(), kernel,
+                                                              return_lse=True, **kw)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert rel_err(out, ref_out) < OUT_TOL[dtype]
+    assert (lse - ref_lse).abs().max().item() < LSE_TOL
+    return out
+
+
+def random_config(seed):
+    """A random NA problem: rank 1-3, extents from 1 to a few tiles, kernel up to the axis,
+    stride up to the kernel (sometimes), causal per axis (sometimes)."""
+    rng = random.Random(seed)
+    rank = rng.choice([1, 2, 3])
+    top = {1: 700, 2: 40, 3: 14}[rank]
+    spatial = tuple(rng.randint(1, top) for _ in range(rank))
+    kernel = tuple(rng.randint(1, n) for n in spatial)
+    stride = tuple(rng.randint(1, k) if rng.random() < 0.3 else 1 for k in kernel)
+    causal = tuple(rng.random() < 0.25 for _ in range(rank))
+    b = rng.choice([1, 1, 2, 3])
+    hk = rng.choice([1, 2])
+    hq = hk * rng.choice([1, 2])
+    return spatial, kernel, stride, causal, b, hq, hk
+
+
+@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_na_forward_random_configs(seed, d):
+    dtype = DTYPES[seed % 2]
+    need(dtype, d)
+    spatial, kernel, stride, causal, b, hq, hk = random_config(seed * 7 + d)
+    torch.manual_seed(seed)
+    q = torch.randn(b, *spatial, hq, d, device="cuda", dtype=dtype)
+    k = torch.randn(b, *spatial, hk, d, device="cuda", dtype=dtype)
+    v = torch.randn(b, *spatial, hk, d, device="cuda", dtype=dtype)
+    check(q, k, v, kernel, dtype, stride=stride, is_causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("spatial,kernel,stride,causal", [
+    ((1,), (1,), (1,), (False,)),                          # a single token
+    ((4096,), (257,), (1,), (False,)),                     # 1-D, many tiles
+    ((1000,), (64,), (1,), (True,)),                       # even kernel, causal, partial last tile
+    ((33, 47), (33, 8), (1, 1), (False, False)),           # kernel equal to an axis, even kernel
+    ((64, 64), (15, 15), (1, 1), (True, False)),           # causal on one axis only
+    ((48, 40), (16, 16), (16, 8), (False, False)),         # strided windows
+    ((12, 20, 24), (5, 7, 6), (1, 1, 1), (False, True, False)),
+    ((16, 32, 32), (8, 16, 16), (8, 16, 16), (False,) * 3),  # blocked attention: no element mask
+    ((9, 17, 33), (3, 4, 9), (2, 3, 5), (True, True, True)),
+])
+def test_na_forward_edge_configs(dtype, spatial, kernel, stride, causal):
+    need(dtype, 128)
+    torch.manual_seed(len(spatial))
+    q, k, v = (torch.randn(2, *spatial, 2, 128, device="cuda", dtype=dtype) for _ in range(3))
+    check(q, k, v, kernel, dtype, stride=stride, is_causal=causal)
+
+
+def test_na_reads_qkv_slices_in_place_and_copies_other_layouts():
+    need(torch.bfloat16, 64)
+    qkv = torch.randn(2, 20, 28, 3, 4, 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.unbind(3)  # batch stride = extent x axis stride: read in place
+    check(q, k, v, (7, 9), torch.bfloat16)
+    # spatial axes swapped: the batch stride no longer chains with axis 0, so the API copies
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    check(qt, kt, vt, (9, 7), torch.bfloat16)
+
+
+def test_na_dilation_runs_the_reference():
+    need(torch.bfloat16, 128)
+    q, k, v = (torch.randn(1, 24, 30, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    assert not _native.covers("neighborhood_attention", q, k, v, dilation=(2, 1))
+    check(q, k, v, (5, 7), torch.bfloat16, dilation=(2, 1))
+
+
+def test_na_gradients_through_reference_backward():
+    need(torch.bfloat16, 64)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 16, 24, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    out = attnx.neighborhood_attention(q, k, v, (5, 7), is_causal=(False, True))
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref = attnx.reference.neighborhood_attention(qf, kf, vf, (5, 7), is_causal=(False, True))
+    ref_grads = torch.autograd.grad(ref, (qf, kf, vf), dout.float())
+    for g, r in zip(grads, ref_grads):
+        assert rel_err(g, r) < 2e-2
+
+
+def test_na_empty_batch():
+    need(torch.bfloat16, 128)
+    q = torch.randn(0, 8, 8, 2, 128, device="cuda", dtype=torch.bfloat16)
+    out = attnx.neighborhood_attention(q, q, q, 3)
+    assert out.shape == q.shape
+
+
+def test_na_native_op_passes_opcheck():
+    need(torch.bfloat16, 64)
+    q, k, v = (torch.randn(2, 10, 12, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    torch.library.opcheck(torch.ops.attnx.neighborhood_attention.default,
+                          (q, k, v, [3, 5], [1, 1], [1, 2], [False, True], None))
+
+
+def test_na_native_op_rejects_what_it_cannot_run():
+    need(torch.bfloat16, 64)
+    q = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.bfloat16)
+    op = torch.ops.attnx.neighborhood_attention.default
+    with pytest.raises(RuntimeError) as e:
+        op(q, q, q, [3, 3], [2, 1], [1, 1], [False, False], None)
+    assert names_arg(str(e.value), "dilation")
+    with pytest.raises(RuntimeError) as e:
+        op(q, q, q, [3], [1], [1], [False], None)
+    assert names_arg(str(e.value), "kernel_size")
+    with pytest.raises(RuntimeError) as e:
+        op(q, q, q, [17, 3], [1, 1], [1, 1], [False, False], None)
+    assert names_arg(str(e.value), "kernel_size")
+    with pytest.raises(RuntimeError) as e:
+        op(q, q, q, [3, 3], [1, 1], [4, 1], [False, False], None)
+    assert names_arg(str(e.value), "stride")
