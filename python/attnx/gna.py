@@ -3,8 +3,9 @@
 GNA (paper "Generalized Neighborhood Attention") runs neighborhood attention as a block-sparse
 FMHA: tokens are permuted so that a multi-dimensional *tile* (a box of the token grid) becomes a
 contiguous run, and for each query tile the kernel visits only the key/value tiles that hold at
-least one key of one of its queries. This module answers, without any kernel, how much a given
-configuration can gain:
+least one key of one of its queries (attnx's fused NA kernel loads such tiles straight from
+[B, *spatial, H, D] with multi-dimensional TMA boxes, so the permutation never happens in memory).
+This module answers, without any kernel, how much a given configuration can gain:
 
 * ``flop_speedup`` = L*L / (attended (query, key) pairs): what an ideal, element-sparse kernel
   could gain over dense attention.

@@ -30,8 +30,9 @@ struct SeqRowMap {
   __device__ float* lse_row(int r) const { return lse + (int64_t)(row0 + r) * lse_row_stride; }
 };
 
+// smem_o: a Q-tile-shaped staging buffer (the Q tile's own bytes once Q is no longer read).
 template <class Traits, class TensorO, class Softmax, class RowMap>
-__device__ void fmha_fwd_store(typename Traits::SharedStorage& ss, TensorO& tOrO, const Softmax& softmax,
+__device__ void fmha_fwd_store(typename Traits::Element* smem_o, TensorO& tOrO, const Softmax& softmax,
                                const RowMap& rows, int mma_tid) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kHeadDim = Traits::kHeadDim;
@@ -58,13 +59,14 @@ __device__ void fmha_fwd_store(typename Traits::SharedStorage& ss, TensorO& tOrO
   }
 
   Tensor rO = convert_fragment<Element>(tOrO, tOrO.layout());
-  Tensor sO = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
+  Tensor sO = make_tensor(make_smem_ptr(smem_o), typename Traits::SmemLayoutQ{});
   auto store_tile = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
   auto thr_store = store_tile.get_thread_slice(mma_tid);
-  copy(store_tile, thr_store.retile_S(rO), thr_store.partition_D(sO));
-
-  // Each warpgroup wrote and now reads only its own 64 rows.
+  // Each warpgroup writes and then reads only its own 64 rows; the first barrier keeps a reused
+  // buffer's earlier rows until every thread of the warpgroup has stored them.
   const int wg = mma_tid / 128, wg_tid = mma_tid % 128;
+  NamedBarrier::sync(1 + wg, 128);
+  copy(store_tile, thr_store.retile_S(rO), thr_store.partition_D(sO));
   NamedBarrier::sync(1 + wg, 128);
   constexpr int kVecs = kHeadDim / 8;  // 16-byte segments per row
   CUTLASS_PRAGMA_UNROLL

@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
     OnlineSoftmax<2> softmax(p.scale);
     if (has_keys) {
-      fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, m_block, walk, mma_tid, tOrO, softmax);
+      typename Traits::PipelineState read;  // stage 0, phase 0
+      fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, m_block, walk, mma_tid, tOrO, softmax, read);
     } else {
       clear(tOrO);
     }
@@ -92,7 +93,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                      (int64_t)head * p.o_head_stride;
     float* lse_seq = p.lse + info.out_row0(p, batch) * p.num_heads_q + head;
     const SeqRowMap<Element> rows{o_seq, p.o_row_stride, lse_seq, p.num_heads_q, m_block * kBlockM, info.seqlen_q};
-    fmha_fwd_store<Traits>(ss, tOrO, softmax, rows, mma_tid);
+    fmha_fwd_store<Traits>(ss.q.data(), tOrO, softmax, rows, mma_tid);
   }
 }
 

@@ -89,10 +89,14 @@ struct WarpgroupScheduler {
 // Consumer warpgroups: O (tOrO, unnormalised) and the softmax state for this thread's rows.
 // Software pipelining inside the warpgroup: S_n = Q K_n^T is issued before O += P_{n+1} V_{n+1}
 // of the previous tile, so the tensor cores run one GEMM while the softmax of the other waits.
+//
+// `read` is the pipeline state of the walk's first tile and is left at the stage after its last,
+// and Q is the barrier_q phase q_phase: a persistent kernel chains its work tiles through both.
 template <class Traits, class Mask, class Walk, class TensorO, class Softmax>
 __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits::Pipeline& pipe_k,
                              typename Traits::Pipeline& pipe_v, const Mask& mask, int m_block, const Walk& walk,
-                             int mma_tid, TensorO& tOrO, Softmax& softmax) {
+                             int mma_tid, TensorO& tOrO, Softmax& softmax, typename Traits::PipelineState& read,
+                             int q_phase = 0) {
   using TileShapeQK = typename Traits::TileShapeQK;
   typename Traits::TiledMmaQK mma_qk;
   typename Traits::TiledMmaPV mma_pv;
@@ -115,8 +119,7 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
 
   clear(tOrO);
   const WarpgroupScheduler<Traits> scheduler(mma_tid);
-  cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_q, 0);
-  typename Traits::PipelineState read;  // stage 0, phase 0
+  cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_q, q_phase);
 
   auto n = walk.tile(0);  // an int, or a family's tile coordinates
   Tensor tSrS = scores();
@@ -162,6 +165,7 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
   pipe_v.consumer_wait(read);
   wgmma_gemm<false, 0>(mma_pv, tOrP, tOrV(_, _, _, read.index()), tOrO);
   pipe_v.consumer_release(read);
+  ++read;
 }
 
 }  // namespace attnx::fmha

@@ -22,15 +22,20 @@ namespace attnx::na {
 
 using namespace cute;
 
-// Shared memory: the core's storage, then the mask tables.
+// Shared memory: the core's storage, then this kernel's own (NaFwdSmem).
 template <class Traits>
-using MaskSmem = NaMaskSmem<Traits::kBlockM, Traits::kBlockN>;
+struct NaFwdSmem {
+  NaMaskSmem<Traits::kBlockM, Traits::kBlockN> mask;
+  // O is staged here, not in Q's bytes, so the next work tile's Q can load during the epilogue.
+  cute::array_aligned<typename Traits::Element, cosize_v<typename Traits::SmemLayoutQ>, 1024> o;
+  uint64_t q_empty;  // consumers are done reading Q (phase per work tile)
+};
 template <class Traits>
-constexpr int kMaskSmemOffset = (Traits::kSmemBytes + 15) / 16 * 16;
+constexpr int kNaSmemOffset = (Traits::kSmemBytes + 1023) / 1024 * 1024;
 template <class Traits>
-constexpr int kNaSmemBytes = kMaskSmemOffset<Traits> + (int)sizeof(MaskSmem<Traits>);
+constexpr int kNaSmemBytes = kNaSmemOffset<Traits> + (int)sizeof(NaFwdSmem<Traits>);
 // Named barrier of the consumer warpgroups (ids 1-2: epilogue, 4-5: ping-pong scheduler).
-constexpr int kMaskTablesBarrier = 3;
+constexpr int kColumnSetsBarrier = 3;
 
 template <class Traits>
 struct NaFwdKernelParams {
@@ -38,6 +43,15 @@ struct NaFwdKernelParams {
   // (chunk, axis 2, axis 1, batch x axis 0, head) views of q, k, v (na_fwd_launch.cuh).
   cute::TmaDescriptor tma_q, tma_k, tma_v;
   int num_q_tiles;  // per (batch, head)
+  int num_work;     // work tiles: (head, batch, Q tile), the Q tiles of one head consecutive
+};
+
+// Work tile w of the persistent grid: its head and Q tile.
+struct NaWork {
+  int head;
+  NaQTile qt;
+  __device__ NaWork(const NaFwdParams& p, const NaTileShape& qs, int num_q_tiles, int w)
+      : head(w / (p.batch * num_q_tiles)), qt(p, qs, w % (p.batch * num_q_tiles)) {}
 };
 
 template <class Traits>
@@ -52,17 +66,19 @@ __device__ __forceinline__ void na_tma_load(const cute::TmaDescriptor& desc, uin
                            batch * extent0 + origin[0], head);
 }
 
-// One thread issues everything: Q once, then K and V of each visited tile (separate pipelines,
-// so S = Q K^T starts before V has landed).
+// One thread issues everything for a work tile: Q (once the consumers are done with the previous
+// tile's), then K and V of each visited tile (separate pipelines, so S = Q K^T starts before V has
+// landed). `write` carries the pipeline state from one work tile to the next.
 template <class Traits>
 __device__ void na_fwd_load(const NaFwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
-                            typename Traits::Pipeline& pipe_k, typename Traits::Pipeline& pipe_v, const NaQTile& qt,
+                            NaFwdSmem<Traits>& ns, typename Traits::Pipeline& pipe_k, typename Traits::Pipeline& pipe_v,
+                            typename Traits::PipelineState& write, int n, const NaQTile& qt,
                             const NaTileShape& kv_shape, const NaTileWalk& walk, int head, int head_k) {
   static_assert(Traits::kBlockM == Traits::kBlockN, "one slab size for Q and KV tiles");
   const int extent0 = kp.p.extent[0];
+  if (n > 0) cutlass::arch::ClusterBarrier::wait(&ns.q_empty, (n - 1) & 1);
   cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
   na_tma_load<Traits>(kp.tma_q, &ss.barrier_q, ss.q.data(), qt.origin, qt.batch, extent0, head);
-  auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
   constexpr int kStageElems = Traits::kBlockN * Traits::kHeadDim;
   const int count = walk.count();
   for (int i = 0; i < count; ++i) {
@@ -80,6 +96,11 @@ __device__ void na_fwd_load(const NaFwdKernelParams<Traits>& kp, typename Traits
   }
 }
 
+// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ...: with one CTA per work tile
+// (the launcher's default) the loop runs once; with a persistent grid (one CTA per SM) the next
+// tile's K/V, and during the epilogue its Q, load while the current tile finishes. The latter was
+// meant to hide the start-up and epilogue that a short neighbourhood walk leaves exposed, but
+// measured no better (docs/perf-notes.md); it stays for the scheduler work to come.
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     na_fwd_kernel(const __grid_constant__ NaFwdKernelParams<Traits> kp) {
@@ -87,19 +108,20 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   using Element = typename Traits::Element;
   extern __shared__ char smem_buf[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
+  auto& ns = *reinterpret_cast<NaFwdSmem<Traits>*>(smem_buf + kNaSmemOffset<Traits>);
   const NaFwdParams& p = kp.p;
 
   const NaTileShape q_shape(p.q_tile), kv_shape(p.kv_tile);
-  const NaQTile qt(p, q_shape, blockIdx.x);
-  const int head = blockIdx.y;
   NaAxis axis[kAxes];
   CUTLASS_PRAGMA_UNROLL
   for (int a = 0; a < kAxes; ++a) axis[a] = NaAxis{p.extent[a], p.kernel_size[a], p.stride[a], p.causal[a]};
-  const NaTileWalk walk = qt.walk(axis, q_shape, kv_shape);
 
   const int wg = threadIdx.x / 128;
   const auto pp = fmha::tma_pipeline_params<Pipeline>(Traits::kTmaBytesKV, Traits::kNumMmaThreads);
-  if (threadIdx.x == 0) cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_q, 1);
+  if (threadIdx.x == 0) {
+    cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_q, 1);
+    cutlass::arch::ClusterBarrier::init(&ns.q_empty, Traits::kNumMmaThreads);
+  }
   Pipeline pipe_k(ss.pipeline_k, pp, Shape<_1, _1, _1>{});
   Pipeline pipe_v(ss.pipeline_v, pp, Shape<_1, _1, _1>{});
   cutlass::arch::fence_barrier_init();
@@ -111,29 +133,43 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       cute::prefetch_tma_descriptor(&kp.tma_q);
       cute::prefetch_tma_descriptor(&kp.tma_k);
       cute::prefetch_tma_descriptor(&kp.tma_v);
-      na_fwd_load<Traits>(kp, ss, pipe_k, pipe_v, qt, kv_shape, walk, head,
-                          head / (p.num_heads_q / p.num_heads_k));
+      auto write = cutlass::make_producer_start_state<Pipeline>();
+      for (int w = blockIdx.x, n = 0; w < kp.num_work; w += gridDim.x, ++n) {
+        const NaWork work(p, q_shape, kp.num_q_tiles, w);
+        na_fwd_load<Traits>(kp, ss, ns, pipe_k, pipe_v, write, n, work.qt, kv_shape,
+                            work.qt.walk(axis, q_shape, kv_shape), work.head,
+                            work.head / (p.num_heads_q / p.num_heads_k));
+      }
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int mma_tid = threadIdx.x - 128;
     typename Traits::TiledMmaPV mma_pv;
     Tensor tOrO = partition_fragment_C(mma_pv, select<0, 1>(typename Traits::TileShapePV{}));
-    fmha::OnlineSoftmax<2> softmax(p.scale);
-
     typename Traits::TiledMmaQK mma_qk;
     Tensor tScS = mma_qk.get_thread_slice(mma_tid).partition_C(
         make_identity_tensor(select<0, 1>(typename Traits::TileShapeQK{})));
     Tensor coord_rc = make_tensor(tScS.data(), fmha::accumulator_rowcol(tScS.layout()));
-    auto* mask_smem = reinterpret_cast<MaskSmem<Traits>*>(smem_buf + kMaskSmemOffset<Traits>);
-    na_fill_mask_tables(mask_smem, axis, q_shape, kv_shape, qt.origin, coord_rc, mma_tid, Traits::kNumMmaThreads);
-    NamedBarrier::sync(kMaskTablesBarrier, Traits::kNumMmaThreads);
-    const NaMask<2, Traits::kBlockM, Traits::kBlockN> mask(axis, q_shape, kv_shape, qt.origin, mask_smem, mma_tid);
+    na_fill_column_sets(&ns.mask, kv_shape, coord_rc, mma_tid, Traits::kNumMmaThreads);
+    NamedBarrier::sync(kColumnSetsBarrier, Traits::kNumMmaThreads);
 
-    // Every query sees at least one key, so the walk is never empty.
-    fmha::fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, 0, walk, mma_tid, tOrO, softmax);
-    const NaRowMap<Element> row_map(p, qt, q_shape, head);
-    fmha::fmha_fwd_store<Traits>(ss, tOrO, softmax, row_map, mma_tid);
+    typename Traits::PipelineState read;
+    for (int w = blockIdx.x, n = 0; w < kp.num_work; w += gridDim.x, ++n) {
+      const NaWork work(p, q_shape, kp.num_q_tiles, w);
+      // A warp's accumulator rows are its own 16 (wgmma m64: warp i of a warpgroup holds rows
+      // 16i .. 16i + 15), so each warp fills their windows itself and a warp barrier suffices.
+      na_fill_row_windows(&ns.mask, axis, q_shape, work.qt.origin, mma_tid / 32 * 16, 16, threadIdx.x % 32);
+      __syncwarp();
+      const NaMask<2, Traits::kBlockM, Traits::kBlockN> mask(axis, q_shape, kv_shape, work.qt.origin, &ns.mask,
+                                                            mma_tid);
+      fmha::OnlineSoftmax<2> softmax(p.scale);
+      // Every query sees at least one key, so the walk is never empty.
+      fmha::fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, 0, work.qt.walk(axis, q_shape, kv_shape), mma_tid, tOrO,
+                                 softmax, read, n & 1);
+      cutlass::arch::ClusterBarrier::arrive(&ns.q_empty);
+      const NaRowMap<Element> row_map(p, work.qt, q_shape, work.head);
+      fmha::fmha_fwd_store<Traits>(ns.o.data(), tOrO, softmax, row_map, mma_tid);
+    }
   }
 }
 

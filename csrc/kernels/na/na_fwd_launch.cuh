@@ -5,6 +5,9 @@
 #include <cuda.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include <cute/tensor.hpp>
 #include <cutlass/cuda_host_adapter.hpp>
 
@@ -90,7 +93,7 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
   const Status tiles = na_fwd_tiles<Traits>(p, kp.p.q_tile, kp.p.kv_tile);
   if (tiles != Status::kSuccess) return tiles;
   for (int a = 0; a < kAxes; ++a) num_q_tiles *= (p.extent[a] + kp.p.q_tile[a] - 1) / kp.p.q_tile[a];
-  if (num_q_tiles * p.batch >= (1LL << 31) || p.num_heads_q > 65535 || (int64_t)p.batch * p.extent[0] >= (1LL << 31))
+  if ((int64_t)p.batch * p.extent[0] >= (1LL << 31))
     return Status::kInvalidArgument;
   kp.num_q_tiles = (int)num_q_tiles;
   if (!make_na_tma_view<Traits>(kp.tma_q, p.q, p, p.num_heads_q, p.q_batch_stride, p.q_axis_stride, p.q_head_stride,
@@ -101,10 +104,22 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
                                 kp.p.kv_tile))
     return Status::kUnsupported;  // strides TMA cannot describe: the caller makes the tensors contiguous
 
+  const int64_t num_work = num_q_tiles * p.batch * p.num_heads_q;
+  if (num_work >= (1LL << 31)) return Status::kInvalidArgument;
+  kp.num_work = (int)num_work;
+  int device = 0, num_sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return Status::kCudaError;
+
   auto kernel = na_fwd_kernel<Traits>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kNaSmemBytes<Traits>) != cudaSuccess)
     return Status::kCudaError;
-  const dim3 grid((unsigned)(num_q_tiles * p.batch), p.num_heads_q);
+  // One CTA per work tile by default (the kernel's loop runs once): the persistent grid measured
+  // no better (docs/perf-notes.md, fused NA). ATTNX_NA_PERSISTENT=1 selects it for experiments.
+  const char* persistent = std::getenv("ATTNX_NA_PERSISTENT");
+  const bool one_per_cta = persistent == nullptr || persistent[0] != '1';
+  const dim3 grid((unsigned)(one_per_cta ? num_work : std::min<int64_t>(num_work, num_sms)));
   kernel<<<grid, Traits::kNumThreads, kNaSmemBytes<Traits>, stream>>>(kp);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }

@@ -143,25 +143,30 @@ struct NaMask {
   }
 };
 
-// Fills the mask tables (all consumer threads, then a barrier among them). coord_rc: this
-// thread's accumulator coordinates as (rows, cols).
-template <int kBlockM, int kBlockN, class TensorC>
-__device__ void na_fill_mask_tables(NaMaskSmem<kBlockM, kBlockN>* sm, const NaAxis (&axis)[kAxes],
-                                    const NaTileShape& q_shape, const NaTileShape& kv_shape,
-                                    const int (&q_origin)[kAxes], const TensorC& coord_rc, int mma_tid,
-                                    int num_threads) {
-  // Rows past an axis end take the last query's window: finite scores, never stored.
-  for (int row = mma_tid; row < kBlockM; row += num_threads) {
-    NaRowWindow w;
-    CUTLASS_PRAGMA_UNROLL
-    for (int a = 0; a < kAxes; ++a) {
-      const int i = min(q_origin[a] + q_shape.offset(row, a), axis[a].n - 1);
-      w.first[a] = axis[a].first(i);
-      w.last[a] = axis[a].last(i);
-    }
-    w.pad0 = w.pad1 = 0;
-    sm->windows[row] = w;
+// Fills the windows of rows row0 .. row0 + count - 1 of a Q tile, one row per lane below count
+// (rows past an axis end take the last query's window: finite scores, never stored).
+template <int kBlockM, int kBlockN>
+__device__ void na_fill_row_windows(NaMaskSmem<kBlockM, kBlockN>* sm, const NaAxis (&axis)[kAxes],
+                                    const NaTileShape& q_shape, const int (&q_origin)[kAxes], int row0, int count,
+                                    int lane) {
+  if (lane >= count) return;
+  const int row = row0 + lane;
+  NaRowWindow w;
+  CUTLASS_PRAGMA_UNROLL
+  for (int a = 0; a < kAxes; ++a) {
+    const int i = min(q_origin[a] + q_shape.offset(row, a), axis[a].n - 1);
+    w.first[a] = axis[a].first(i);
+    w.last[a] = axis[a].last(i);
   }
+  w.pad0 = w.pad1 = 0;
+  sm->windows[row] = w;
+}
+
+// Fills the column sets (they depend on the KV tile shape only). coord_rc: this thread's
+// accumulator coordinates as (rows, cols); all consumer threads take part.
+template <int kBlockM, int kBlockN, class TensorC>
+__device__ void na_fill_column_sets(NaMaskSmem<kBlockM, kBlockN>* sm, const NaTileShape& kv_shape,
+                                    const TensorC& coord_rc, int mma_tid, int num_threads) {
   const int entries = kv_shape.dim[0] + kv_shape.dim[1] + kv_shape.dim[2] + kAxes;
   for (int e = mma_tid / 4; e < entries; e += num_threads / 4) {
     int a = 0, v = e;
