@@ -62,7 +62,9 @@ if command -v compute-sanitizer >/dev/null; then
   note "racecheck (python, forward kernels): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_py.log" | tail -1)"
   if [ -x build/native/attnx_bench ]; then
     compute-sanitizer --tool memcheck --error-exitcode 9 build/native/attnx_bench --batch 1 --seqlen 333 --heads 3 --heads-k 1 \
-      --causal --warmup 1 --iters 1 > "$OUT/memcheck_cpp.log" 2>&1
+      --causal --warmup 1 --iters 1 > "$OUT/memcheck_cpp.log" 2>&1 \
+      && compute-sanitizer --tool memcheck --error-exitcode 9 build/native/attnx_bench --batch 2 --heads 3 --heads-k 1 \
+      --na-spatial 13,21 --na-kernel 5,7 --warmup 1 --iters 1 >> "$OUT/memcheck_cpp.log" 2>&1
     note "memcheck (bench/cpp): rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_cpp.log" | tail -1)"
   fi
 else
@@ -72,7 +74,8 @@ fi
 # 4. bench smoke
 if [ "$BENCH" = 1 ]; then
   if [ -x build/native/attnx_bench ]; then
-    for args in "--seqlen 8192 --dim 128" "--seqlen 8192 --dim 128 --causal" "--seqlen 8192 --dim 64"; do
+    for args in "--seqlen 8192 --dim 128" "--seqlen 8192 --dim 128 --causal" "--seqlen 8192 --dim 64" \
+                "--batch 1 --na-spatial 128,128 --na-kernel 31,31" "--batch 1 --na-spatial 16,64,64 --na-kernel 8,16,16"; do
       build/native/attnx_bench --batch 4 --heads 16 $args >> "$OUT/bench_cpp.log" 2>&1
     done
     while read -r line; do note "bench/cpp: $line"; done < <(grep median "$OUT/bench_cpp.log")

@@ -1,8 +1,12 @@
-// Torch-free microbenchmark of the fused-MHA forward: links the kernel library directly.
+// Torch-free microbenchmark of the fused-MHA forward and of fused neighborhood attention: links
+// the kernel library directly.
 //
 //   attnx_bench [--batch B] [--seqlen L] [--seqlen-k LK] [--heads H] [--heads-k HK] [--dim D]
 //               [--dtype bf16|fp16] [--causal] [--warmup N] [--iters N]
+//               [--na-spatial X[,Y[,Z]] --na-kernel K[,K[,K]]]
 //
+// With --na-spatial the problem is neighborhood attention over [B, *spatial, H, D] (non-causal,
+// stride 1; --seqlen is ignored) and TFLOP/s count the attended pairs (tokens x prod(kernel)).
 // Inputs are random (never zeros), rotated among enough copies to exceed L2; times are CUDA-event
 // medians over --iters launches after --warmup launches.
 #include <cuda_runtime.h>
@@ -18,6 +22,7 @@
 #include <vector>
 
 #include "fmha/fmha_api.h"
+#include "na/na_api.h"
 
 #define CHECK_CUDA(x)                                                                        \
   do {                                                                                       \
@@ -38,9 +43,21 @@ __global__ void fill_random(uint16_t* x, size_t n, uint32_t seed, bool bf16) {
   }
 }
 
+// "a,b,c" -> {a, b, c}
+std::vector<int> int_list(const char* s) {
+  std::vector<int> out;
+  for (const char* p = s; *p;) {
+    out.push_back(std::atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return out;
+}
+
 int main(int argc, char** argv) {
   int B = 4, L = 8192, LK = -1, H = 16, HK = -1, D = 128, warmup = 10, iters = 50;
   bool causal = false, bf16 = true;
+  std::vector<int> na_spatial, na_kernel;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
@@ -54,12 +71,25 @@ int main(int argc, char** argv) {
     else if (a == "--iters") iters = next();
     else if (a == "--causal") causal = true;
     else if (a == "--dtype" && i + 1 < argc) bf16 = std::strcmp(argv[++i], "fp16") != 0;
+    else if (a == "--na-spatial" && i + 1 < argc) na_spatial = int_list(argv[++i]);
+    else if (a == "--na-kernel" && i + 1 < argc) na_kernel = int_list(argv[++i]);
     else {
       std::printf("usage: %s [--batch B] [--seqlen L] [--seqlen-k LK] [--heads H] [--heads-k HK] [--dim D] "
-                  "[--dtype bf16|fp16] [--causal] [--warmup N] [--iters N]\n(built: %s)\n",
+                  "[--dtype bf16|fp16] [--causal] [--warmup N] [--iters N] [--na-spatial X[,Y[,Z]] --na-kernel K[,K[,K]]]\n"
+                  "(built: %s)\n",
                   argv[0], attnx::fmha::built_instances());
       return a == "--help" ? 0 : 2;
     }
+  }
+  const bool na = !na_spatial.empty();
+  if (na) {
+    if (na_spatial.size() > 3 || na_kernel.size() != na_spatial.size()) {
+      std::fprintf(stderr, "--na-spatial takes 1 to 3 extents and --na-kernel one size per extent\n");
+      return 2;
+    }
+    L = 1;
+    for (int n : na_spatial) L *= n;
+    LK = L;
   }
   if (LK < 0) LK = L;
   if (HK < 0) HK = H;
@@ -96,10 +126,31 @@ int main(int argc, char** argv) {
     p.dtype = bf16 ? attnx::fmha::DType::kBFloat16 : attnx::fmha::DType::kFloat16;
     return p;
   };
+  auto na_params = [&](int s) {
+    attnx::na::NaFwdParams p;
+    p.q = q[s], p.k = k[s], p.v = v[s], p.out = o[s], p.lse = lse[s];
+    const int rank = (int)na_spatial.size();
+    int64_t stride = (int64_t)H * D, stride_k = (int64_t)HK * D;
+    for (int a = attnx::na::kAxes - 1; a >= 0; --a) {
+      const int r = a - (attnx::na::kAxes - rank);  // padded axes lead
+      p.extent[a] = r >= 0 ? na_spatial[r] : 1, p.kernel_size[a] = r >= 0 ? na_kernel[r] : 1;
+      p.q_axis_stride[a] = p.o_axis_stride[a] = stride, p.k_axis_stride[a] = p.v_axis_stride[a] = stride_k;
+      stride *= p.extent[a], stride_k *= p.extent[a];
+    }
+    p.q_batch_stride = p.o_batch_stride = stride, p.k_batch_stride = p.v_batch_stride = stride_k;
+    p.q_head_stride = p.o_head_stride = p.k_head_stride = p.v_head_stride = D;
+    p.batch = B, p.num_heads_q = H, p.num_heads_k = HK, p.head_dim = D, p.scale = 1.f / std::sqrt((float)D);
+    p.dtype = bf16 ? attnx::fmha::DType::kBFloat16 : attnx::fmha::DType::kFloat16;
+    return p;
+  };
+  auto launch = [&](int s) {
+    return na ? attnx::na::na_fwd(na_params(s), 0) : attnx::fmha::fmha_fwd(params(s), 0);
+  };
   for (int i = 0; i < warmup; ++i) {
-    attnx::Status st = attnx::fmha::fmha_fwd(params(i % sets), 0);
+    attnx::Status st = launch(i % sets);
     if (st != attnx::Status::kSuccess) {
-      std::fprintf(stderr, "fmha_fwd failed: %s (built: %s)\n", attnx::status_string(st), attnx::fmha::built_instances());
+      std::fprintf(stderr, "%s failed: %s (built: %s)\n", na ? "na_fwd" : "fmha_fwd", attnx::status_string(st),
+                   attnx::fmha::built_instances());
       return 1;
     }
   }
@@ -110,7 +161,7 @@ int main(int argc, char** argv) {
   std::vector<float> ms(iters);
   for (int i = 0; i < iters; ++i) {
     CHECK_CUDA(cudaEventRecord(e0));
-    attnx::fmha::fmha_fwd(params(i % sets), 0);
+    launch(i % sets);
     CHECK_CUDA(cudaEventRecord(e1));
     CHECK_CUDA(cudaEventSynchronize(e1));
     CHECK_CUDA(cudaEventElapsedTime(&ms[i], e0, e1));
@@ -123,6 +174,17 @@ int main(int argc, char** argv) {
   if (causal) {
     pairs = 0;
     for (int i = 0; i < L; ++i) pairs += std::clamp<long>((long)i + LK - L + 1, 0, LK);
+  }
+  if (na) {
+    pairs = L;
+    for (int kk : na_kernel) pairs *= kk;
+    std::string sp, ks;
+    for (size_t a = 0; a < na_spatial.size(); ++a)
+      sp += (a ? "x" : "") + std::to_string(na_spatial[a]), ks += (a ? "x" : "") + std::to_string(na_kernel[a]);
+    const double flops = 4.0 * B * H * D * pairs;
+    std::printf("na_fwd %s B=%d spatial=%s kernel=%s H=%d HK=%d D=%d: median %.3f ms, %.1f TFLOP/s (%d sets, %d iters)\n",
+                bf16 ? "bf16" : "fp16", B, sp.c_str(), ks.c_str(), H, HK, D, med, flops / med * 1e-9, sets, iters);
+    return 0;
   }
   const double flops = 4.0 * B * H * D * pairs;
   std::printf("fmha_fwd %s B=%d L=%d LK=%d H=%d HK=%d D=%d causal=%d: median %.3f ms, %.1f TFLOP/s (%d sets, %d iters)\n",
