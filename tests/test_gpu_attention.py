@@ -27,9 +27,9 @@ def poison_allocator(nbytes: int = 1 << 28):
     del x
 
 
-def built(dtype, d):
+def built(dtype, d, family="fmha_fwd"):
     tag = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    return f"fmha_fwd_{tag}_hdim{d}" in _native.instances()
+    return f"{family}_{tag}_hdim{d}" in _native.instances()
 
 
 SHAPES = [  # B, Lq, Lk, Hq, Hk

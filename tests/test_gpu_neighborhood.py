@@ -15,7 +15,7 @@ import attnx
 import attnx.reference
 from attnx import _native
 from conftest import names_arg, rel_err
-from test_gpu_attention import LSE_TOL, OUT_TOL, poison_allocator
+from test_gpu_attention import LSE_TOL, OUT_TOL, built, poison_allocator
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not _native.has_cuda_kernel("neighborhood_attention"),
@@ -25,8 +25,7 @@ DTYPES = [torch.float16, torch.bfloat16]
 
 
 def need(dtype, d):
-    tag = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    if torch.cuda.get_device_capability() != (9, 0) or f"na_fwd_{tag}_hdim{d}" not in _native.instances():
+    if torch.cuda.get_device_capability() != (9, 0) or not built(dtype, d, "na_fwd"):
         pytest.skip("no native NA instance for this dtype / head dim on this GPU")
 
 

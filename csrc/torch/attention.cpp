@@ -26,8 +26,7 @@ void run(const char* op, const fmha::FmhaFwdParams& p, const Tensor& q) {
                   ", this dtype and these options (built: ", fmha::built_instances(),
                   "; block-sparse tiles must be the kernel's: q_block 128 (192 at head dim 64), kv_block 128); "
                   "the Python API runs the reference for it");
-  STD_TORCH_CHECK(status == Status::kSuccess, op, ": kernel launch failed: ", status_string(status), " (",
-                  cudaGetErrorString(cudaGetLastError()), ")");
+  check_launched(op, status);
 }
 
 std::tuple<Tensor, Tensor> attention_cuda(Tensor q, Tensor k, Tensor v, bool causal, std::optional<double> scale) {

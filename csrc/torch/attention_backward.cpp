@@ -94,8 +94,7 @@ std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std
   const Status status = fmha::fmha_bwd(p, static_cast<cudaStream_t>(current_stream(op, q)));
   STD_TORCH_CHECK(status != Status::kUnsupported, op, ": no native backward for head dim ", p.head_dim,
                   " and this dtype (built: ", fmha::built_instances(), ")");
-  STD_TORCH_CHECK(status == Status::kSuccess, op, ": kernel launch failed: ", status_string(status), " (",
-                  cudaGetErrorString(cudaGetLastError()), ")");
+  check_launched(op, status);
   return {dq, dk, dv};
 }
 

@@ -22,6 +22,13 @@ inline void* current_stream(const char* op, const Tensor& t) {
   return stream;
 }
 
+// After a launch: a failure (kUnsupported is each op's own message, checked before) names the op
+// and the CUDA error.
+inline void check_launched(const char* op, Status status) {
+  STD_TORCH_CHECK(status == Status::kSuccess, op, ": kernel launch failed: ", status_string(status), " (",
+                  cudaGetErrorString(cudaGetLastError()), ")");
+}
+
 // Checks shared by the dense and packed layouts (rank = 4 dense, 3 packed; dims from the end).
 inline void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t rank) {
   check_cuda_16bit(op, "q", q, rank);

@@ -143,8 +143,7 @@ std::tuple<Tensor, Tensor> mla_decode_cuda(Tensor q, Tensor kv_cache, Tensor blo
   const Status status = mla::mla_decode(p, static_cast<cudaStream_t>(current_stream(kOp, q)));
   STD_TORCH_CHECK(status != Status::kUnsupported, kOp, ": no native kernel for this dtype (built: ",
                   fmha::built_instances(), "); the Python API runs the reference for it");
-  STD_TORCH_CHECK(status == Status::kSuccess, kOp, ": kernel launch failed: ", status_string(status), " (",
-                  cudaGetErrorString(cudaGetLastError()), ")");
+  check_launched(kOp, status);
   return {out, lse};
 }
 

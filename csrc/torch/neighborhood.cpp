@@ -42,21 +42,11 @@ std::tuple<Tensor, Tensor> neighborhood_attention_cuda(Tensor q, Tensor k, Tenso
   const int64_t r = q.dim(), rank = r - 3;
   STD_TORCH_CHECK(rank >= 1 && rank <= 3, kOp, ": argument 'q' has shape ", shape_str(q),
                   "; expected [B, *spatial, H, D] with 1 to 3 spatial axes");
-  check_cuda_16bit(kOp, "q", q, r);
-  check_cuda_16bit(kOp, "k", k, r);
-  check_cuda_16bit(kOp, "v", v, r);
-  STD_TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), kOp,
-                  ": arguments 'k' and 'v' must have the dtype of 'q'");
-  STD_TORCH_CHECK(k.get_device_index() == q.get_device_index() && v.get_device_index() == q.get_device_index(), kOp,
-                  ": arguments 'q', 'k', 'v' must be on one device");
+  check_qkv(kOp, q, k, v, r);  // dtypes, device, head dims, GQA heads, TMA alignment
   for (int64_t i = 0; i < r - 2; ++i)
     STD_TORCH_CHECK(k.size(i) == q.size(i) && v.size(i) == q.size(i), kOp, ": arguments 'k' ", shape_str(k),
                     " and 'v' ", shape_str(v), " must match 'q' ", shape_str(q), " in batch and spatial extents");
   const int64_t Hq = q.size(r - 2), Hk = k.size(r - 2), D = q.size(r - 1);
-  STD_TORCH_CHECK(k.size(r - 1) == D && v.size(r - 1) == D && v.size(r - 2) == Hk, kOp,
-                  ": arguments 'k' and 'v' must have the head dim of 'q' and one head count");
-  STD_TORCH_CHECK(Hk > 0 && Hq % Hk == 0, kOp, ": argument 'k' has ", Hk, " heads; allowed: a divisor of ", Hq);
-  for (const auto* t : {&q, &k, &v}) check_16b_aligned(kOp, t == &q ? "q" : t == &k ? "k" : "v", *t);
   for (int64_t d : dilation)
     STD_TORCH_CHECK(d == 1, kOp, ": dilation ", list_str(dilation),
                     " has no native kernel yet (dilation 1 only); the Python API runs the reference for it");
@@ -105,8 +95,7 @@ std::tuple<Tensor, Tensor> neighborhood_attention_cuda(Tensor q, Tensor k, Tenso
                   " with this dtype and layout (built: ", fmha::built_instances(),
                   "; q/k/v need batch strides equal to axis-0 extent x axis-0 stride, as contiguous tensors "
                   "have); the Python API runs the reference or makes the tensors contiguous");
-  STD_TORCH_CHECK(status == Status::kSuccess, kOp, ": kernel launch failed: ", status_string(status), " (",
-                  cudaGetErrorString(cudaGetLastError()), ")");
+  check_launched(kOp, status);
   return {out, lse};
 }
 

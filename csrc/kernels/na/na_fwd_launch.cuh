@@ -107,10 +107,6 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
   const int64_t num_work = num_q_tiles * p.batch * p.num_heads_q;
   if (num_work >= (1LL << 31)) return Status::kInvalidArgument;
   kp.num_work = (int)num_work;
-  int device = 0, num_sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return Status::kCudaError;
 
   auto kernel = na_fwd_kernel<Traits>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kNaSmemBytes<Traits>) != cudaSuccess)
@@ -118,8 +114,15 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
   // One CTA per work tile by default (the kernel's loop runs once): the persistent grid measured
   // no better (docs/perf-notes.md, fused NA). ATTNX_NA_PERSISTENT=1 selects it for experiments.
   const char* persistent = std::getenv("ATTNX_NA_PERSISTENT");
-  const bool one_per_cta = persistent == nullptr || persistent[0] != '1';
-  const dim3 grid((unsigned)(one_per_cta ? num_work : std::min<int64_t>(num_work, num_sms)));
+  int64_t num_ctas = num_work;
+  if (persistent != nullptr && persistent[0] == '1') {
+    int device = 0, num_sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      return Status::kCudaError;
+    num_ctas = std::min<int64_t>(num_work, num_sms);
+  }
+  const dim3 grid((unsigned)num_ctas);
   kernel<<<grid, Traits::kNumThreads, kNaSmemBytes<Traits>, stream>>>(kp);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }

@@ -34,14 +34,6 @@ struct NaAxis {
     lo = first(q0) / tk;
     hi = last(q1) / tk;
   }
-
-  // Whether every query of the Q tile sees every key of the KV tile starting at k0 (rows past the
-  // axis end are never stored, so they do not count).
-  CUTE_HOST_DEVICE bool tile_fully_visible(int q0, int tq, int k0, int tk) const {
-    const int q1 = q0 + tq - 1 < n - 1 ? q0 + tq - 1 : n - 1;
-    const int k1 = k0 + tk - 1;
-    return k1 <= n - 1 && first(q1) <= k0 && last(q0) >= k1;
-  }
 };
 
 // A multi-dimensional tile of 2^(sum of log2) tokens, row-major over the three axes (axis 2
