@@ -88,13 +88,17 @@ for name in sorted(_native.instances()):
     if "--forward-only" in sys.argv and tag != "bf16":
         continue  # racecheck (forward-only) of every NA instance took minutes; fp16 shares the code
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
+    backward = "--forward-only" not in sys.argv and name.replace("na_fwd", "na_bwd") in _native.instances()
     for b, spatial, hq, hk, ks, st, ca in [(1, (1,), 1, 1, [1], [1], [False]),
                                            (2, (300,), 2, 1, [65], [1], [True]),
                                            (2, (13, 21), 2, 2, [5, 8], [2, 1], [False, True]),
                                            (3, (5, 9, 11), 4, 2, [3, 4, 11], [1, 3, 1], [True, False, False])]:
         q = torch.randn(b, *spatial, hq, hd, device="cuda", dtype=dtype)
         k = torch.randn(b, *spatial, hk, hd, device="cuda", dtype=dtype)
-        torch.ops.attnx.neighborhood_attention(q, k, k, ks, [1] * len(ks), st, ca, None)
-    ran.append(name)
+        out, lse = torch.ops.attnx.neighborhood_attention(q, k, k, ks, [1] * len(ks), st, ca, None)
+        if backward:
+            torch.ops.attnx.neighborhood_attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, k,
+                                                            out, lse, ks, [1] * len(ks), st, ca, None)
+    ran.append(name + (" (+ na_bwd)" if backward else ""))
 torch.cuda.synchronize()
 print("sanitize cases ran:", ", ".join(ran))

@@ -44,7 +44,8 @@ def test_dense_quick_writes_json(tmp_path, capsys):
 def test_list(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
-    for fam in ("ceilings", "dense", "varlen", "dense_bwd", "varlen_bwd", "neighborhood", "gna", "mla", "pq_sparse"):
+    for fam in ("ceilings", "dense", "varlen", "dense_bwd", "varlen_bwd", "neighborhood", "neighborhood_bwd", "gna",
+                "mla", "pq_sparse"):
         assert f"  {fam}:" in out
     assert "    - " in out
     assert "ByteTransformer: " in out  # the varlen family's padded-vs-packed case
@@ -72,6 +73,21 @@ def test_backward_families_quick(tmp_path, capsys):
     if not HAS_CUDA:  # the default SDPA backward on the CPU; varlen_attn needs CUDA
         assert [r["family"] for r in peers] == ["dense_bwd", "dense_bwd"]
     assert all(r["check"] == "ok" for r in peers if r["status"] == "ok")
+
+
+def test_neighborhood_backward_family_quick(tmp_path, capsys):
+    """neighborhood_bwd: the NA backward op against the reference gradients; flex's backward beside it
+    (CUDA only: flex has no CPU backward)."""
+    path = tmp_path / "nabwd.json"
+    rc = main(["--family", "neighborhood_bwd", "--quick", "--json", str(path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads(path.read_text())["rows"]
+    ours = [r for r in rows if r["kind"] == "attnx"]
+    assert ours and all(r["check"] == "ok" and len(r["rel_err_parts"]) == 3 for r in ours)
+    assert all(r["params"]["pass"] == "backward" for r in rows)
+    flex = [r for r in rows if r["impl"].startswith("flex")]
+    assert len(flex) == len(ours) and all((r["status"] == "ok") == HAS_CUDA for r in flex)
 
 
 def test_byte_transformer_lengths_and_padded_sdpa_peer():

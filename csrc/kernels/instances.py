@@ -17,10 +17,11 @@ DTYPES = {"fp16": ("cutlass::half_t", "DType::kFloat16"), "bf16": ("cutlass::bfl
 # (family, dtype, head_dim)
 INSTANCES = ([(fam, dt, d) for fam in ("fmha_fwd", "fmha_bwd") for dt in ("fp16", "bf16") for d in (64, 128)]
              + [("mla_decode", dt, 576) for dt in ("fp16", "bf16")]
-             + [("na_fwd", dt, d) for dt in ("fp16", "bf16") for d in (32, 64, 128)])
+             + [(fam, dt, d) for fam in ("na_fwd", "na_bwd") for dt in ("fp16", "bf16") for d in (32, 64, 128)])
 SETS = {
     "all": INSTANCES,
-    "ci": [("fmha_fwd", "bf16", 128), ("fmha_bwd", "bf16", 128), ("mla_decode", "bf16", 576), ("na_fwd", "bf16", 128)],
+    "ci": [("fmha_fwd", "bf16", 128), ("fmha_bwd", "bf16", 128), ("mla_decode", "bf16", 576), ("na_fwd", "bf16", 128),
+           ("na_bwd", "bf16", 128)],
 }
 
 
@@ -41,9 +42,11 @@ FAMILIES = {
                          "run_mla_decode<MlaDecodeTraits<{elem}>>(p, stream)"),
     "na_fwd": Family("na/na_fwd_launch.cuh", "na/na_api.h", "attnx::na", "NaFwdParams",
                      "run_na_fwd<NaFwdConfig<{elem}, {d}>::Traits>(p, stream)"),
+    "na_bwd": Family("na/na_bwd_launch.cuh", "na/na_api.h", "attnx::na", "NaBwdParams",
+                     "run_na_bwd<NaBwdConfig<{elem}, {d}>::Traits>(p, stream)"),
 }
 # Sources every kernel set builds (not templated per instance).
-FIXED_SOURCES = ["mla/mla_metadata.cu"]
+FIXED_SOURCES = ["mla/mla_metadata.cu", "na/na_bwd_plan.cu"]
 
 
 def name(inst) -> str:

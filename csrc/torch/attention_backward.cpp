@@ -18,23 +18,6 @@
 namespace attnx::binding {
 namespace {
 
-// dO is loaded by TMA: a view it cannot describe (e.g. an expanded gradient) is made contiguous.
-Tensor tma_ready(const Tensor& t) {
-  bool ok = t.stride(t.dim() - 1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t i = 0; i + 1 < t.dim(); ++i) ok = ok && (t.size(i) <= 1 || t.stride(i) % 8 == 0);
-  return ok ? t : torch::stable::contiguous(t);
-}
-
-void check_like(const char* op, const char* arg, const Tensor& t, const Tensor& ref, const char* ref_name) {
-  STD_TORCH_CHECK(t.dim() == ref.dim(), op, ": argument '", arg, "' has shape ", shape_str(t), "; expected ",
-                  shape_str(ref), " (that of '", ref_name, "')");
-  for (int64_t i = 0; i < t.dim(); ++i)
-    STD_TORCH_CHECK(t.size(i) == ref.size(i), op, ": argument '", arg, "' has shape ", shape_str(t), "; expected ",
-                    shape_str(ref), " (that of '", ref_name, "')");
-  STD_TORCH_CHECK(t.is_cuda() && t.get_device_index() == ref.get_device_index(), op, ": argument '", arg,
-                  "' must be on the device of '", ref_name, "'");
-}
-
 std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std::optional<Tensor> dlse, Tensor q,
                                                 Tensor k, Tensor v, Tensor out, Tensor lse,
                                                 std::optional<double> scale, fmha::FmhaFwdParams shape_params,

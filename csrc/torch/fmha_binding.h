@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
 #include <cmath>
@@ -52,6 +53,24 @@ inline void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Te
   check_16b_aligned(op, "q", q);
   check_16b_aligned(op, "k", k);
   check_16b_aligned(op, "v", v);
+}
+
+// Backward: dO is loaded by TMA: a view it cannot describe (e.g. an expanded gradient) is made contiguous.
+inline Tensor tma_ready(const Tensor& t) {
+  bool ok = t.stride(t.dim() - 1) == 1 && reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t i = 0; i + 1 < t.dim(); ++i) ok = ok && (t.size(i) <= 1 || t.stride(i) % 8 == 0);
+  return ok ? t : torch::stable::contiguous(t);
+}
+
+// Backward: a tensor that must have the shape (and device) of another.
+inline void check_like(const char* op, const char* arg, const Tensor& t, const Tensor& ref, const char* ref_name) {
+  STD_TORCH_CHECK(t.dim() == ref.dim(), op, ": argument '", arg, "' has shape ", shape_str(t), "; expected ",
+                  shape_str(ref), " (that of '", ref_name, "')");
+  for (int64_t i = 0; i < t.dim(); ++i)
+    STD_TORCH_CHECK(t.size(i) == ref.size(i), op, ": argument '", arg, "' has shape ", shape_str(t), "; expected ",
+                    shape_str(ref), " (that of '", ref_name, "')");
+  STD_TORCH_CHECK(t.is_cuda() && t.get_device_index() == ref.get_device_index(), op, ": argument '", arg,
+                  "' must be on the device of '", ref_name, "'");
 }
 
 inline fmha::FmhaFwdParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -92,7 +92,10 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=
                 and all(aligned_16b(x) for x in (q, k, v)))
     if op == "neighborhood_attention":  # q, k, v [B, *spatial, H, D]; dilated axes: reference
         tag = _DTYPE_TAG.get(q.dtype)
-        return (tag is not None and f"na_fwd_{tag}_hdim{q.shape[-1]}" in _state["instances"] and _sm90(q.device)
+        needed = [f"na_fwd_{tag}_hdim{q.shape[-1]}"]
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            needed.append(f"na_bwd_{tag}_hdim{q.shape[-1]}")  # autograd will call the native backward
+        return (tag is not None and all(n in _state["instances"] for n in needed) and _sm90(q.device)
                 and k.shape == v.shape and v.shape[-1] == q.shape[-1] and k.dtype == q.dtype == v.dtype
                 and dilation is not None and all(d == 1 for d in dilation))
     if op == "mla_decode_metadata":
@@ -132,9 +135,10 @@ def info() -> dict:
             cuda = ("native forward for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_fwd")))
                     + " with (q_block, kv_block) = (128, 128), (192, 128) at head dim 64, on sm_90; backward and"
                     " other tiles: reference")
-        elif name == "neighborhood_attention" and cuda == "native":
-            cuda = ("native forward for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("na_fwd")))
-                    + " with dilation 1 (any kernel_size, stride, is_causal; 1-D to 3-D) on sm_90; backward,"
+        elif name in ("neighborhood_attention", "neighborhood_attention_backward") and cuda == "native":
+            prefix = "na_bwd" if name.endswith("_backward") else "na_fwd"
+            cuda = ("native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix)))
+                    + " with dilation 1 (any kernel_size, stride, is_causal; 1-D to 3-D) on sm_90;"
                     " dilation > 1: reference")
         elif name == "mla_decode" and cuda == "native":
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("mla_decode"))) \

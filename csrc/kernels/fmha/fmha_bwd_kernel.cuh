@@ -27,6 +27,18 @@ __device__ void store_dkv(const TensorAcc& acc, const TensorCoord& coord, float 
   }
 }
 
+// WindowMask on the transposed scores of one KV tile, taking the walk's steps.
+template <int kBlockM, int kBlockN>
+struct TransposedWindowMask {
+  WindowMask<kBlockM, kBlockN> mask;
+  int n_block;
+  __device__ bool tile_needs_mask(const BwdStep<int>& st) const { return mask.tile_needs_mask(st.tile, n_block); }
+  template <class TensorS, class TensorC>
+  __device__ void apply(TensorS& st_rc, TensorC const& coord_rc, const BwdStep<int>& st) const {
+    mask.apply_transposed(st_rc, coord_rc, st.tile, n_block);
+  }
+};
+
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fmha_bwd_kernel(const __grid_constant__ FmhaBwdKernelParams<Traits> kp) {
@@ -42,9 +54,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   const VarlenBlockInfo info(p, batch);
   if (n_block * kBlockN >= info.seqlen_k) return;
   const WindowMask<kBlockM, kBlockN> mask(info.seqlen_q, info.seqlen_k, p.window_left, p.window_right, p.causal);
-  BwdWalk walk{p.num_heads_q / p.num_heads_k, 0, 0};
+  BwdWalk walk{p.num_heads_q / p.num_heads_k, 0, 0, head_k, p.ws_rows, ws_row0(p, batch, info)};
   mask.m_block_range(n_block, walk.m_min, walk.m_max);
-  const bool has_work = walk.steps() > 0;
+  const bool has_work = walk.count() > 0;
 
   const int wg = threadIdx.x / 128;
   const auto pp = tma_pipeline_params<Pipeline>(Traits::kTmaBytesQ, Traits::kNumMmaThreads);
@@ -56,7 +68,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x == 0 && has_work) fmha_bwd_load<Traits>(kp, ss, pipe_q, pipe_do, info, batch, n_block, head_k, walk);
+    if (threadIdx.x == 0 && has_work) fmha_bwd_load<Traits>(kp, ss, pipe_q, pipe_do, info, n_block, head_k, walk);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int mma_tid = threadIdx.x - 128;
@@ -67,7 +79,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     clear(tdKrdK);
     clear(tdVrdV);
     if (has_work)
-      fmha_bwd_mma<Traits>(p, ss, pipe_q, pipe_do, mask, info, batch, n_block, head_k, walk, mma_tid, tdKrdK, tdVrdV);
+      fmha_bwd_mma<Traits>(p.scale, BwdWorkspace(p).dq_accum, ss, pipe_q, pipe_do,
+                           TransposedWindowMask<kBlockM, kBlockN>{mask, n_block}, walk, mma_tid, tdKrdK, tdVrdV);
     Tensor coord = mma_dkv.get_thread_slice(mma_tid).partition_C(make_identity_tensor(TileKV{}));
     const bool packed = p.cu_seqlens_q != nullptr;
     auto* dk = static_cast<Element*>(p.dk) + (packed ? 0 : batch * p.dk_batch_stride) +

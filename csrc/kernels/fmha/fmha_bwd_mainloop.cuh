@@ -28,16 +28,32 @@ struct FmhaBwdKernelParams {
   typename Traits::ShapeQKV shape_k;
 };
 
-// The visited steps, in order: for each query head of the group, Q tiles m_min .. m_max - 1.
+// One step of a backward walk: a query head, one of its Q tiles (`tile`: an int for dense and
+// packed attention, a family's tile coordinates otherwise) and the tile's first row in the
+// workspace arrays (its lse / dpsum slice and dq_accum rows).
+template <class Tile>
+struct BwdStep {
+  int head;
+  Tile tile;
+  int64_t ws_row;
+};
+
+// Dense and packed attention: for each query head of the group, Q tiles m_min .. m_max - 1.
+// Other families (neighborhood) bring their own walk with the same two members.
 struct BwdWalk {
-  int group, m_min, m_max;
-  __device__ int steps() const { return m_max > m_min ? group * (m_max - m_min) : 0; }
+  int group, m_min, m_max, head_k;
+  int64_t ws_rows, ws_row0;  // workspace rows per head; this sequence's first row
+  __device__ int count() const { return m_max > m_min ? group * (m_max - m_min) : 0; }
+  __device__ BwdStep<int> step(int i) const {
+    const int len = m_max - m_min, g = i / len, m = m_min + i - g * len, head = head_k * group + g;
+    return {head, m, (int64_t)head * ws_rows + ws_row0 + (int64_t)m * kBwdBlockM};
+  }
 };
 
 template <class Traits>
 __device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
                               typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do,
-                              const VarlenBlockInfo& info, int batch, int n_block, int head_k, const BwdWalk& walk) {
+                              const VarlenBlockInfo& info, int n_block, int head_k, const BwdWalk& walk) {
   using BlockQ = Shape<typename Traits::BM, typename Traits::D>;
   using BlockKV = Shape<typename Traits::BN, typename Traits::D>;
   const FmhaBwdParams& p = kp.p;
@@ -57,38 +73,35 @@ __device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Tr
 
   const BwdWorkspace ws(p);
   auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
-  for (int g = 0; g < walk.group; ++g) {
-    const int head = head_k * walk.group + g;
-    Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q)(_, _, head, info.tma_batch);
-    Tensor mdO = kp.tma_do.get_tma_tensor(kp.shape_q)(_, _, head, info.tma_batch);
-    Tensor gQ = local_tile(domain_offset(make_coord(info.offset_q, _0{}), mQ), BlockQ{}, make_coord(_, _0{}));
-    Tensor gdO = local_tile(domain_offset(make_coord(info.offset_q, _0{}), mdO), BlockQ{}, make_coord(_, _0{}));
+  const int count = walk.count();
+  for (int i = 0; i < count; ++i) {
+    const auto st = walk.step(i);
+    Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q)(_, _, st.head, info.tma_batch);
+    Tensor mdO = kp.tma_do.get_tma_tensor(kp.shape_q)(_, _, st.head, info.tma_batch);
+    Tensor gQ = local_tile(domain_offset(make_coord(info.offset_q, _0{}), mQ), BlockQ{}, make_coord(st.tile, _0{}));
+    Tensor gdO = local_tile(domain_offset(make_coord(info.offset_q, _0{}), mdO), BlockQ{}, make_coord(st.tile, _0{}));
     auto [tQgQ, tQsQ] = tma_partition(kp.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ), group_modes<0, 2>(gQ));
     auto [tdOgdO, tdOsdO] =
         tma_partition(kp.tma_do, _0{}, Layout<_1>{}, group_modes<0, 2>(sdO), group_modes<0, 2>(gdO));
-    const int64_t ws_head = (int64_t)head * p.ws_rows + ws_row0(p, batch, info);
-    for (int m = walk.m_min; m < walk.m_max; ++m) {
-      const int64_t ws_tile = ws_head + (int64_t)m * Traits::kBlockM;
-      pipe_q.producer_acquire(write);
-      copy(kp.tma_q.with(*pipe_q.producer_get_barrier(write), 0), tQgQ(_, m), tQsQ(_, write.index()));
-      SM90_BULK_COPY_G2S::copy(ws.lse_log2 + ws_tile, pipe_q.producer_get_barrier(write),
-                               ss.lse_log2[write.index()], Traits::kBlockM * sizeof(float));
-      pipe_do.producer_acquire(write);
-      copy(kp.tma_do.with(*pipe_do.producer_get_barrier(write), 0), tdOgdO(_, m), tdOsdO(_, write.index()));
-      SM90_BULK_COPY_G2S::copy(ws.dpsum + ws_tile, pipe_do.producer_get_barrier(write), ss.dpsum[write.index()],
-                               Traits::kBlockM * sizeof(float));
-      ++write;
-    }
+    pipe_q.producer_acquire(write);
+    copy(kp.tma_q.with(*pipe_q.producer_get_barrier(write), 0), tQgQ, tQsQ(_, write.index()));
+    SM90_BULK_COPY_G2S::copy(ws.lse_log2 + st.ws_row, pipe_q.producer_get_barrier(write),
+                             ss.lse_log2[write.index()], Traits::kBlockM * sizeof(float));
+    pipe_do.producer_acquire(write);
+    copy(kp.tma_do.with(*pipe_do.producer_get_barrier(write), 0), tdOgdO, tdOsdO(_, write.index()));
+    SM90_BULK_COPY_G2S::copy(ws.dpsum + st.ws_row, pipe_do.producer_get_barrier(write), ss.dpsum[write.index()],
+                             Traits::kBlockM * sizeof(float));
+    ++write;
   }
 }
 
 // Consumer warpgroups: accumulate dK (unscaled) and dV for this thread's keys; add dQ partials
-// (unscaled) to the workspace.
-template <class Traits, class Mask, class TensordK, class TensordV>
-__device__ void fmha_bwd_mma(const FmhaBwdParams& p, typename Traits::SharedStorage& ss,
+// (unscaled) to the workspace. Family-neutral: the walk gives each step's head, Q tile and
+// workspace row; the mask (on transposed scores) takes the step.
+template <class Traits, class Mask, class Walk, class TensordK, class TensordV>
+__device__ void fmha_bwd_mma(float softmax_scale, float* dq_accum, typename Traits::SharedStorage& ss,
                              typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do, const Mask& mask,
-                             const VarlenBlockInfo& info, int batch, int n_block, int head_k, const BwdWalk& walk,
-                             int mma_tid, TensordK& tdKrdK, TensordV& tdVrdV) {
+                             const Walk& walk, int mma_tid, TensordK& tdKrdK, TensordV& tdVrdV) {
   using Element = typename Traits::Element;
   typename Traits::TiledMmaSdP mma_sdp;
   typename Traits::TiledMmadKV mma_dkv;
@@ -124,68 +137,64 @@ __device__ void fmha_bwd_mma(const FmhaBwdParams& p, typename Traits::SharedStor
   Tensor tdSsdS = thr_store_ds.partition_D(sdSt);
   Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<typename Traits::BM, typename Traits::D>{}));
 
-  const float scale_log2 = p.scale * 1.4426950408889634f;
-  const BwdWorkspace ws(p);
+  const float scale_log2 = softmax_scale * 1.4426950408889634f;
   cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_kv, 0);
   typename Traits::PipelineState read;
-  int step = 0;
-  for (int g = 0; g < walk.group; ++g) {
-    const int head = head_k * walk.group + g;
-    float* dq_head = ws.dq_accum + ((int64_t)head * p.ws_rows + ws_row0(p, batch, info)) * Traits::kHeadDim;
-    for (int m = walk.m_min; m < walk.m_max; ++m) {
-      const int stage = read.index();
-      Tensor tSrS = partition_fragment_C(mma_sdp, TileSdP{});
-      Tensor tdPrdP = partition_fragment_C(mma_sdp, TileSdP{});
-      pipe_q.consumer_wait(read);
-      wgmma_gemm<true, -1>(mma_sdp, tSrK, tSrQ(_, _, _, stage), tSrS);
-      pipe_do.consumer_wait(read);
-      wgmma_gemm<true, -1>(mma_sdp, tdPrV, tdPrdO(_, _, _, stage), tdPrdP);
-      warpgroup_wait<1>();
-      Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));
-      if (mask.tile_needs_mask(m, n_block)) mask.apply_transposed(s_rc, coord_rc, m, n_block);
-      // Columns outer: each query's lse / dpsum is read once and dies at once (holding all of a
-      // thread's 16 + 16 values would cost 32 registers, and the consumers are at the limit).
+  const int count = walk.count();
+  for (int step = 0; step < count; ++step) {
+    const auto st = walk.step(step);
+    const int stage = read.index();
+    Tensor tSrS = partition_fragment_C(mma_sdp, TileSdP{});
+    Tensor tdPrdP = partition_fragment_C(mma_sdp, TileSdP{});
+    pipe_q.consumer_wait(read);
+    wgmma_gemm<true, -1>(mma_sdp, tSrK, tSrQ(_, _, _, stage), tSrS);
+    pipe_do.consumer_wait(read);
+    wgmma_gemm<true, -1>(mma_sdp, tdPrV, tdPrdO(_, _, _, stage), tdPrdP);
+    warpgroup_wait<1>();
+    Tensor s_rc = make_tensor(tSrS.data(), accumulator_rowcol(tSrS.layout()));
+    if (mask.tile_needs_mask(st)) mask.apply(s_rc, coord_rc, st);
+    // Columns outer: each query's lse / dpsum is read once and dies at once (holding all of a
+    // thread's 16 + 16 values would cost 32 registers, and the consumers are at the limit).
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < size<1>(s_rc); ++mi) {
+      const float lse = ss.lse_log2[stage][get<1>(coord_rc(0, mi))];
       CUTLASS_PRAGMA_UNROLL
-      for (int mi = 0; mi < size<1>(s_rc); ++mi) {
-        const float lse = ss.lse_log2[stage][get<1>(coord_rc(0, mi))];
-        CUTLASS_PRAGMA_UNROLL
-        for (int ni = 0; ni < size<0>(s_rc); ++ni) s_rc(ni, mi) = exp2_ftz(s_rc(ni, mi) * scale_log2 - lse);
-      }
-      warpgroup_wait<0>();
-      Tensor dp_rc = make_tensor(tdPrdP.data(), accumulator_rowcol(tdPrdP.layout()));
+      for (int ni = 0; ni < size<0>(s_rc); ++ni) s_rc(ni, mi) = exp2_ftz(s_rc(ni, mi) * scale_log2 - lse);
+    }
+    warpgroup_wait<0>();
+    Tensor dp_rc = make_tensor(tdPrdP.data(), accumulator_rowcol(tdPrdP.layout()));
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < size<1>(dp_rc); ++mi) {
+      const float dpsum = ss.dpsum[stage][get<1>(coord_rc(0, mi))];
       CUTLASS_PRAGMA_UNROLL
-      for (int mi = 0; mi < size<1>(dp_rc); ++mi) {
-        const float dpsum = ss.dpsum[stage][get<1>(coord_rc(0, mi))];
-        CUTLASS_PRAGMA_UNROLL
-        for (int ni = 0; ni < size<0>(dp_rc); ++ni) dp_rc(ni, mi) = s_rc(ni, mi) * (dp_rc(ni, mi) - dpsum);  // dS^T
-      }
+      for (int ni = 0; ni < size<0>(dp_rc); ++ni) dp_rc(ni, mi) = s_rc(ni, mi) * (dp_rc(ni, mi) - dpsum);  // dS^T
+    }
 
-      Tensor rP = convert_fragment<Element>(tSrS, tSrS.layout());
-      Tensor rdS = convert_fragment<Element>(tdPrdP, tdPrdP.layout());
-      Tensor tdVrP = make_tensor(rP.data(), accumulator_as_a_operand(rP.layout()));
-      Tensor tdKrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
-      wgmma_gemm<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
-      wgmma_gemm<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
+    Tensor rP = convert_fragment<Element>(tSrS, tSrS.layout());
+    Tensor rdS = convert_fragment<Element>(tdPrdP, tdPrdP.layout());
+    Tensor tdVrP = make_tensor(rP.data(), accumulator_as_a_operand(rP.layout()));
+    Tensor tdKrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
+    wgmma_gemm<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
+    wgmma_gemm<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
 
-      // dS through shared memory for dQ. Buffer step % 2 is free: the other warpgroup read it for
-      // dQ two steps ago and has since passed the previous step's barrier, which it reaches only
-      // after that dQ completed.
-      const int buf = step++ & 1;
-      copy(store_ds, thr_store_ds.retile_S(rdS), tdSsdS(_, _, _, buf));
-      cutlass::arch::fence_view_async_shared();  // generic-proxy writes read by wgmma (async proxy)
-      NamedBarrier::sync(2, Traits::kNumMmaThreads);
-      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<typename Traits::BM, typename Traits::D>{});
-      wgmma_gemm<true, 0>(mma_dq, tdQrdS(_, _, _, buf), tdQrKt, tdQrdQ);  // also retires the dV and dK batches
-      pipe_q.consumer_release(read);
-      pipe_do.consumer_release(read);
-      ++read;
+    // dS through shared memory for dQ. Buffer step % 2 is free: the other warpgroup read it for
+    // dQ two steps ago and has since passed the previous step's barrier, which it reaches only
+    // after that dQ completed.
+    const int buf = step & 1;
+    copy(store_ds, thr_store_ds.retile_S(rdS), tdSsdS(_, _, _, buf));
+    cutlass::arch::fence_view_async_shared();  // generic-proxy writes read by wgmma (async proxy)
+    NamedBarrier::sync(2, Traits::kNumMmaThreads);
+    Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<typename Traits::BM, typename Traits::D>{});
+    wgmma_gemm<true, 0>(mma_dq, tdQrdS(_, _, _, buf), tdQrKt, tdQrdQ);  // also retires the dV and dK batches
+    pipe_q.consumer_release(read);
+    pipe_do.consumer_release(read);
+    ++read;
 
-      float* dq_tile = dq_head + (int64_t)m * Traits::kBlockM * Traits::kHeadDim;
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < size(tdQrdQ); i += 2) {  // value pairs are adjacent columns of one row
-        const int r = get<0>(tdQcdQ(i)), c = get<1>(tdQcdQ(i));
-        atomicAdd(reinterpret_cast<float2*>(dq_tile + r * Traits::kHeadDim + c), make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
-      }
+    float* dq_tile = dq_accum + st.ws_row * Traits::kHeadDim;
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < size(tdQrdQ); i += 2) {  // value pairs are adjacent columns of one row
+      const int r = get<0>(tdQcdQ(i)), c = get<1>(tdQcdQ(i));
+      atomicAdd(reinterpret_cast<float2*>(dq_tile + r * Traits::kHeadDim + c), make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
     }
   }
 }

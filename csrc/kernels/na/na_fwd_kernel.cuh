@@ -17,6 +17,7 @@
 #include "../fmha/fmha_fwd_mainloop.cuh"
 #include "na_fwd_traits.h"
 #include "na_tile_map.cuh"
+#include "na_tma.cuh"
 
 namespace attnx::na {
 
@@ -54,18 +55,6 @@ struct NaWork {
       : head(w / (p.batch * num_q_tiles)), qt(p, qs, w % (p.batch * num_q_tiles)) {}
 };
 
-template <class Traits>
-__device__ __forceinline__ void na_tma_load(const cute::TmaDescriptor& desc, uint64_t* barrier,
-                                            typename Traits::Element* smem, const int (&origin)[kAxes], int batch,
-                                            int extent0, int head) {
-  using Box = NaTmaBox<Traits>;
-  CUTLASS_PRAGMA_UNROLL
-  for (int c = 0; c < Box::kChunks; ++c)
-    SM90_TMA_LOAD_5D::copy(&desc, barrier, static_cast<uint64_t>(TMA::CacheHintSm90::EVICT_NORMAL),
-                           smem + c * (Traits::kBlockN * Box::kChunk), c * Box::kChunk, origin[2], origin[1],
-                           batch * extent0 + origin[0], head);
-}
-
 // One thread issues everything for a work tile: Q (once the consumers are done with the previous
 // tile's), then K and V of each visited tile (separate pipelines, so S = Q K^T starts before V has
 // landed). `write` carries the pipeline state from one work tile to the next.
@@ -78,7 +67,7 @@ __device__ void na_fwd_load(const NaFwdKernelParams<Traits>& kp, typename Traits
   const int extent0 = kp.p.extent[0];
   if (n > 0) cutlass::arch::ClusterBarrier::wait(&ns.q_empty, (n - 1) & 1);
   cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
-  na_tma_load<Traits>(kp.tma_q, &ss.barrier_q, ss.q.data(), qt.origin, qt.batch, extent0, head);
+  na_tma_load<Traits, Traits::kBlockM>(kp.tma_q, &ss.barrier_q, ss.q.data(), qt.origin, qt.batch, extent0, head);
   constexpr int kStageElems = Traits::kBlockN * Traits::kHeadDim;
   const int count = walk.count();
   for (int i = 0; i < count; ++i) {
@@ -87,10 +76,10 @@ __device__ void na_fwd_load(const NaFwdKernelParams<Traits>& kp, typename Traits
     CUTLASS_PRAGMA_UNROLL
     for (int a = 0; a < kAxes; ++a) origin[a] = t.t[a] * kv_shape.dim[a];
     pipe_k.producer_acquire(write);
-    na_tma_load<Traits>(kp.tma_k, pipe_k.producer_get_barrier(write), ss.k.data() + write.index() * kStageElems,
+    na_tma_load<Traits, Traits::kBlockN>(kp.tma_k, pipe_k.producer_get_barrier(write), ss.k.data() + write.index() * kStageElems,
                         origin, qt.batch, extent0, head_k);
     pipe_v.producer_acquire(write);
-    na_tma_load<Traits>(kp.tma_v, pipe_v.producer_get_barrier(write), ss.v.data() + write.index() * kStageElems,
+    na_tma_load<Traits, Traits::kBlockN>(kp.tma_v, pipe_v.producer_get_barrier(write), ss.v.data() + write.index() * kStageElems,
                         origin, qt.batch, extent0, head_k);
     ++write;
   }

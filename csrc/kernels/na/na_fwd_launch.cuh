@@ -17,44 +17,6 @@
 
 namespace attnx::na {
 
-inline bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
-
-// The (chunk, axis 2, axis 1, batch x axis 0, head) view of a [B, X0, X1, X2, H, D] tensor. TMA
-// has at most five dimensions, so batch and axis 0 share one: their strides must chain
-// (batch stride = X0 * axis-0 stride), true of contiguous tensors and of q/k/v sliced from one
-// qkv tensor. Extent-1 dimensions get a contiguous-style stride (any valid one would do).
-template <class Traits>
-bool make_na_tma_view(cute::TmaDescriptor& desc, const void* ptr, const NaFwdParams& p, int heads,
-                      int64_t batch_stride, const int64_t (&axis_stride)[kAxes], int64_t head_stride,
-                      const int (&tile)[kAxes]) {
-  using Element = typename Traits::Element;
-  using Box = NaTmaBox<Traits>;
-  constexpr int64_t kElem = sizeof(Element);
-  int64_t merged = axis_stride[0];
-  if (p.extent[0] == 1) merged = batch_stride;
-  else if (p.batch > 1 && batch_stride != (int64_t)p.extent[0] * axis_stride[0]) return false;
-  const uint64_t dims[5] = {(uint64_t)Traits::kHeadDim, (uint64_t)p.extent[2], (uint64_t)p.extent[1],
-                            (uint64_t)p.batch * p.extent[0], (uint64_t)heads};
-  const int64_t given[4] = {axis_stride[2], axis_stride[1], merged, head_stride};
-  uint64_t strides[4];
-  uint64_t natural = Traits::kHeadDim * kElem;
-  for (int i = 0; i < 4; ++i) {
-    const int64_t s = dims[i + 1] > 1 ? given[i] * kElem : (int64_t)natural;
-    if (s <= 0 || s % 16 != 0 || s >= (1LL << 40)) return false;
-    strides[i] = (uint64_t)s;
-    natural = strides[i] * dims[i + 1];
-  }
-  const uint32_t box[5] = {(uint32_t)Box::kChunk, (uint32_t)tile[2], (uint32_t)tile[1], (uint32_t)tile[0], 1u};
-  const uint32_t element_strides[5] = {1, 1, 1, 1, 1};
-  const CUtensorMapDataType type = std::is_same_v<Element, cutlass::half_t> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                                                            : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const CUtensorMapSwizzle swizzle = Box::kSwizzleBytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
-  const CUresult r = CUTLASS_CUDA_DRIVER_WRAPPER_CALL(cuTensorMapEncodeTiled)(
-      &desc, type, 5, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS;
-}
-
 // The tile shape this instance runs a problem with (p.q_tile when set, else the best one).
 template <class Traits>
 Status na_fwd_tiles(const NaFwdParams& p, int (&q_tile)[kAxes], int (&kv_tile)[kAxes]) {

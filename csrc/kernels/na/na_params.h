@@ -46,4 +46,21 @@ struct NaFwdParams {
   DType dtype = DType::kBFloat16;
 };
 
+// Backward: the forward's fields describe q, k, v, out (= O) and lse; these add dO, the optional
+// gradient of lse, the gradients and a float32 workspace of na_bwd_workspace_floats(p) floats
+// (na_api.h; no initialisation needed). The backward's tiles are kv_tile (128 tokens, the CTA's
+// keys) and q_tile (64 tokens, the walked queries); all zeros: the fewest visited tile pairs.
+struct NaBwdParams : NaFwdParams {
+  const void* dout = nullptr;
+  int64_t do_batch_stride = 0, do_axis_stride[kAxes] = {}, do_head_stride = 0;
+  const float* dlse = nullptr;  // layout of lse, or nullptr
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t dq_batch_stride = 0, dq_axis_stride[kAxes] = {}, dq_head_stride = 0;
+  int64_t dk_batch_stride = 0, dk_axis_stride[kAxes] = {}, dk_head_stride = 0;
+  int64_t dv_batch_stride = 0, dv_axis_stride[kAxes] = {}, dv_head_stride = 0;
+  float* workspace = nullptr;
+};
+
 }  // namespace attnx::na

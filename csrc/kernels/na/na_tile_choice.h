@@ -61,4 +61,60 @@ inline void na_choose_tile(const NaFwdParams& p, int log2_tokens, int (&tile)[kA
   if (best < 0.0) scan(false);  // no shape fits inside the axes: short axes make every shape cheap to score
 }
 
+// Backward: each CTA owns a KV tile (2^log2_kv tokens) and walks the Q tiles (2^log2_q tokens)
+// with a query seeing one of its keys. Visited pairs factor over the axes as in the forward; per
+// axis, the sum over KV tile positions of the Q tiles visited (NaInverseAxis).
+inline int64_t na_bwd_axis_pairs(const NaAxis& axis, int kv_dim, int q_dim) {
+  const NaInverseAxis inv{axis};
+  int64_t sum = 0;
+  for (int j0 = 0; j0 < axis.n; j0 += kv_dim) {
+    const int j1 = j0 + kv_dim - 1 < axis.n - 1 ? j0 + kv_dim - 1 : axis.n - 1;
+    const int lo = inv.first(j0), hi = inv.last(j1);
+    if (lo <= hi) sum += hi / q_dim - lo / q_dim + 1;
+  }
+  return sum;
+}
+
+// Same rules as na_choose_tile (axis 0 divides with several batches; overhanging shapes last).
+inline void na_choose_bwd_tiles(const NaFwdParams& p, int log2_kv, int log2_q, int (&kv_tile)[kAxes],
+                                int (&q_tile)[kAxes]) {
+  double best = -1.0;
+  int64_t memo[kAxes][16][16];  // pairs per axis by (log2 KV extent, log2 Q extent)
+  for (auto& by_axis : memo)
+    for (auto& row : by_axis)
+      for (int64_t& m : row) m = -1;
+  auto pairs = [&](int a, int lk, int lq) {
+    int64_t& m = memo[a][lk][lq];
+    if (m < 0) m = na_bwd_axis_pairs(NaAxis{p.extent[a], p.kernel_size[a], p.stride[a], p.causal[a]}, 1 << lk, 1 << lq);
+    return m;
+  };
+  auto fits = [&](const int (&t)[kAxes], bool prune) {
+    if (p.batch > 1 && p.extent[0] % t[0] != 0) return false;
+    for (int a = 0; a < kAxes; ++a)
+      if (prune && t[a] > pow2_ceil(p.extent[a])) return false;
+    return true;
+  };
+  auto scan = [&](bool prune) {
+    for (int k0 = 0; k0 <= log2_kv; ++k0)
+      for (int k1 = 0; k0 + k1 <= log2_kv; ++k1) {
+        const int kv[kAxes] = {1 << k0, 1 << k1, 1 << (log2_kv - k0 - k1)};
+        if (!fits(kv, prune)) continue;
+        for (int q0 = 0; q0 <= log2_q; ++q0)
+          for (int q1 = 0; q0 + q1 <= log2_q; ++q1) {
+            const int q[kAxes] = {1 << q0, 1 << q1, 1 << (log2_q - q0 - q1)};
+            if (!fits(q, prune)) continue;
+            const int lk[kAxes] = {k0, k1, log2_kv - k0 - k1}, lq[kAxes] = {q0, q1, log2_q - q0 - q1};
+            double cost = 1.0;
+            for (int a = 0; a < kAxes; ++a) cost *= (double)pairs(a, lk[a], lq[a]);
+            if (best < 0.0 || cost < best || (cost == best && kv[2] + q[2] > kv_tile[2] + q_tile[2])) {
+              best = cost;
+              for (int a = 0; a < kAxes; ++a) kv_tile[a] = kv[a], q_tile[a] = q[a];
+            }
+          }
+      }
+  };
+  scan(true);
+  if (best < 0.0) scan(false);
+}
+
 }  // namespace attnx::na

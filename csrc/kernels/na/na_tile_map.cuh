@@ -22,9 +22,9 @@ struct NaTileWalk {
   }
 };
 
-// The CTA's Q tile: batch, head and the tile's first token per axis, from a flat block index
-// with the tiles of one (batch, head) consecutive and the innermost axis fastest (neighbouring
-// CTAs share most of their KV tiles in L2).
+// The CTA's Q tile (in the backward: its KV tile): batch and the tile's first token per axis,
+// from a flat block index with the tiles of one (batch, head) consecutive and the innermost axis
+// fastest (neighbouring CTAs share most of the tiles they walk in L2).
 struct NaQTile {
   int batch;
   int origin[kAxes];
@@ -50,6 +50,22 @@ struct NaQTile {
     return w;
   }
 };
+
+// The backward's walk of one KV tile: the Q tiles (extents qs) holding a query that sees one of
+// the tile's keys. Per axis the queries seeing keys [j0, j1] are [first(j0), last(j1)] of the
+// inverse axis (both never decrease); an axis where no query sees them gives an empty box.
+__device__ inline NaTileWalk na_q_tile_box(const NaAxis (&axis)[kAxes], const int (&kv_origin)[kAxes],
+                                           const NaTileShape& ks, const NaTileShape& qs) {
+  NaTileWalk w;
+  for (int a = 0; a < kAxes; ++a) {
+    const NaInverseAxis inv{axis[a]};
+    const int j1 = min(kv_origin[a] + ks.dim[a] - 1, axis[a].n - 1);
+    const int lo = inv.first(kv_origin[a]), hi = inv.last(j1);
+    w.lo[a] = lo / qs.dim[a];
+    w.len[a] = lo <= hi ? hi / qs.dim[a] - w.lo[a] + 1 : 0;
+  }
+  return w;
+}
 
 // Output rows of a Q tile: row r is the token at origin + offset(r) on each axis; rows past an
 // axis end (a tile overhanging the axis) are not stored.

@@ -27,12 +27,54 @@ struct NaAxis {
     return start < n - k ? start : n - k;
   }
   CUTE_HOST_DEVICE int last(int i) const { return causal ? i : first(i) + k - 1; }
+  CUTE_HOST_DEVICE int extent() const { return n; }
+  // The mask-table window of tile row i: rows past the axis end take the last query's window
+  // (finite scores that are never stored).
+  CUTE_HOST_DEVICE void row_window(int i, int& lo, int& hi) const {
+    i = i < n - 1 ? i : n - 1;
+    lo = first(i), hi = last(i);
+  }
 
   // KV tiles (of tk tokens) holding a key seen by the queries of the Q tile starting at q0.
   CUTE_HOST_DEVICE void kv_tile_range(int q0, int tq, int tk, int& lo, int& hi) const {
     const int q1 = q0 + tq - 1 < n - 1 ? q0 + tq - 1 : n - 1;
     lo = first(q0) / tk;
     hi = last(q1) / tk;
+  }
+};
+
+// The inverse view of an axis, for the backward (rows = keys, columns = queries): the queries
+// that see key j are [first(j), last(j)], empty when first > last. Since first(i) and last(i) of
+// NaAxis never decrease, {i : first(i) <= j <= last(i)} is one interval, found by two binary
+// searches (the backward evaluates it once per key and CTA, not per score).
+struct NaInverseAxis {
+  NaAxis ax;
+  CUTE_HOST_DEVICE int first(int j) const {  // min {i : last(i) >= j}; n if none
+    int lo = 0, hi = ax.n;
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (ax.last(mid) >= j) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  }
+  CUTE_HOST_DEVICE int last(int j) const {  // max {i : first(i) <= j}; -1 if none
+    int lo = -1, hi = ax.n - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (ax.first(mid) <= j) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+  CUTE_HOST_DEVICE int extent() const { return ax.n; }
+  // Keys past the axis end (an overhanging KV tile) are seen by no query.
+  CUTE_HOST_DEVICE void row_window(int j, int& lo, int& hi) const {
+    if (j >= ax.n) {
+      lo = ax.n, hi = -1;
+    } else {
+      lo = first(j), hi = last(j);
+    }
   }
 };
 
@@ -57,62 +99,71 @@ struct NaKvTile {
   int t[kAxes];
 };
 
-// The keys one query sees, per axis: [first, last] (absolute coordinates). 32 bytes: two
-// 16-byte shared-memory loads.
+// What one row of the score tile sees, per axis: [first, last] (absolute coordinates): keys of a
+// query in the forward, queries of a key in the backward. 32 bytes: two 16-byte shared loads.
 struct NaRowWindow {
   int first[kAxes], pad0;
   int last[kAxes], pad1;
 };
 
-// Shared-memory tables of the element mask, filled once per CTA by the consumer warpgroups.
-//   windows[r]: the keys row r of the Q tile sees.
+// Shared-memory tables of the element mask, filled once per CTA by the consumer warpgroups. The
+// CTA's own tile gives the rows (Q tile in the forward, KV tile in the backward); the walked
+// tiles give the columns.
+//   windows[r]: what row r sees (NaRowWindow).
 //   below[q][base_a + v]: the columns (bit i = the thread's i-th accumulator column) whose offset
-//     on axis a inside the KV tile is below v, for v in [0, dim_a]; base_a = sum over axes b < a of
-//     (dim_b + 1). Threads of one lane % 4 (q) hold the same columns, so four tables serve all.
-// The keys of a KV tile a row sees on axis a are the offsets [lo, hi): their column set is
+//     on axis a inside the column tile is below v, for v in [0, dim_a]; base_a = sum over axes b < a
+//     of (dim_b + 1). Threads of one lane % 4 (q) hold the same columns, so four tables serve all.
+// The columns a row sees on axis a are the offsets [lo, hi): their column set is
 // below[hi] & ~below[lo], and a row's mask is the AND over the axes: a few loads per row and
 // one bit test per score, whatever the tile shape.
-template <int kBlockM, int kBlockN>
+template <int kRowTile, int kColTile>
 struct NaMaskSmem {
-  // sum over axes of (dim_a + 1) is largest for one axis of kBlockN and two of 1: kBlockN + 2 + kAxes.
-  static constexpr int kEntries = kBlockN + 2 + kAxes;
-  NaRowWindow windows[kBlockM];
+  // sum over axes of (dim_a + 1) is largest for one axis of kColTile and two of 1: kColTile + 2 + kAxes.
+  static constexpr int kEntries = kColTile + 2 + kAxes;
+  NaRowWindow windows[kRowTile];
   uint32_t below[4][kEntries];
 };
 
-template <int kRows, int kBlockM, int kBlockN>
+// Axis: NaAxis (forward) or NaInverseAxis (backward).
+template <int kRows, int kRowTile, int kColTile>
 struct NaMask {
-  // KV tile t needs no element mask iff on every axis full_lo <= t * dim and t * dim + dim - 1 <= full_hi.
+  // Column tile t needs no element mask iff on every axis full_lo <= t * dim and t * dim + dim - 1 <= full_hi.
   int full_lo[kAxes], full_hi[kAxes];
-  int kv_dim[kAxes];
-  const NaMaskSmem<kBlockM, kBlockN>* sm;
+  int col_dim[kAxes];
+  const NaMaskSmem<kRowTile, kColTile>* sm;
   const uint32_t* below;  // this thread's table
 
-  __device__ NaMask(const NaAxis (&axis)[kAxes], const NaTileShape& q_shape, const NaTileShape& kv_shape,
-                    const int (&q_origin)[kAxes], const NaMaskSmem<kBlockM, kBlockN>* smem, int mma_tid)
+  template <class Axis>
+  __device__ NaMask(const Axis (&axis)[kAxes], const NaTileShape& row_shape, const NaTileShape& col_shape,
+                    const int (&row_origin)[kAxes], const NaMaskSmem<kRowTile, kColTile>* smem, int mma_tid)
       : sm(smem), below(smem->below[mma_tid % 4]) {
     CUTLASS_PRAGMA_UNROLL
     for (int a = 0; a < kAxes; ++a) {
-      const int q1 = min(q_origin[a] + q_shape.dim[a] - 1, axis[a].n - 1);
-      full_lo[a] = axis[a].first(q1);  // first(i) and last(i) never decrease
-      full_hi[a] = min(axis[a].last(q_origin[a]), axis[a].n - 1);
-      kv_dim[a] = kv_shape.dim[a];
+      const int r1 = min(row_origin[a] + row_shape.dim[a] - 1, axis[a].extent() - 1);
+      full_lo[a] = axis[a].first(r1);  // first and last never decrease
+      full_hi[a] = axis[a].last(row_origin[a]);
+      col_dim[a] = col_shape.dim[a];
     }
   }
 
-  __device__ bool tile_needs_mask(int /*m_block*/, const NaKvTile& kt) const {
+  __device__ bool tile_needs_mask(const NaKvTile& kt) const {
     bool full = true;
     CUTLASS_PRAGMA_UNROLL
     for (int a = 0; a < kAxes; ++a) {
-      const int k0 = kt.t[a] * kv_dim[a];
-      full = full && k0 >= full_lo[a] && k0 + kv_dim[a] - 1 <= full_hi[a];
+      const int k0 = kt.t[a] * col_dim[a];
+      full = full && k0 >= full_lo[a] && k0 + col_dim[a] - 1 <= full_hi[a];
     }
     return !full;
   }
+  __device__ bool tile_needs_mask(int /*m_block*/, const NaKvTile& kt) const { return tile_needs_mask(kt); }
 
   // s_rc: scores as (rows, cols); coord_rc: their (row, col) within the tile pair.
   template <class TensorS, class TensorC>
   __device__ void apply(TensorS& s_rc, TensorC const& coord_rc, int /*m_block*/, const NaKvTile& kt) const {
+    apply(s_rc, coord_rc, kt);
+  }
+  template <class TensorS, class TensorC>
+  __device__ void apply(TensorS& s_rc, TensorC const& coord_rc, const NaKvTile& kt) const {
     static_assert(decltype(cute::size<0>(s_rc))::value == kRows);
     static_assert(decltype(cute::size<1>(s_rc))::value <= 32, "one bit per accumulator column");
     CUTLASS_PRAGMA_UNROLL
@@ -122,11 +173,11 @@ struct NaMask {
       int base = 0;
       CUTLASS_PRAGMA_UNROLL
       for (int a = 0; a < kAxes; ++a) {
-        const int k0 = kt.t[a] * kv_dim[a];
-        const int lo = min(max(w.first[a] - k0, 0), kv_dim[a]);
-        const int hi = min(max(w.last[a] - k0 + 1, 0), kv_dim[a]);
+        const int k0 = kt.t[a] * col_dim[a];
+        const int lo = min(max(w.first[a] - k0, 0), col_dim[a]);
+        const int hi = min(max(w.last[a] - k0 + 1, 0), col_dim[a]);
         bits &= below[base + hi] & ~below[base + lo];  // empty when hi <= lo: below[] only grows
-        base += kv_dim[a] + 1;
+        base += col_dim[a] + 1;
       }
       CUTLASS_PRAGMA_UNROLL
       for (int ni = 0; ni < cute::size<1>(s_rc); ++ni)
@@ -135,38 +186,34 @@ struct NaMask {
   }
 };
 
-// Fills the windows of rows row0 .. row0 + count - 1 of a Q tile, one row per lane below count
-// (rows past an axis end take the last query's window: finite scores, never stored).
-template <int kBlockM, int kBlockN>
-__device__ void na_fill_row_windows(NaMaskSmem<kBlockM, kBlockN>* sm, const NaAxis (&axis)[kAxes],
-                                    const NaTileShape& q_shape, const int (&q_origin)[kAxes], int row0, int count,
+// Fills the windows of rows row0 .. row0 + count - 1 of the CTA's tile, one row per lane below
+// count (rows past an axis end: Axis::row_window).
+template <int kRowTile, int kColTile, class Axis>
+__device__ void na_fill_row_windows(NaMaskSmem<kRowTile, kColTile>* sm, const Axis (&axis)[kAxes],
+                                    const NaTileShape& row_shape, const int (&row_origin)[kAxes], int row0, int count,
                                     int lane) {
   if (lane >= count) return;
   const int row = row0 + lane;
   NaRowWindow w;
   CUTLASS_PRAGMA_UNROLL
-  for (int a = 0; a < kAxes; ++a) {
-    const int i = min(q_origin[a] + q_shape.offset(row, a), axis[a].n - 1);
-    w.first[a] = axis[a].first(i);
-    w.last[a] = axis[a].last(i);
-  }
+  for (int a = 0; a < kAxes; ++a) axis[a].row_window(row_origin[a] + row_shape.offset(row, a), w.first[a], w.last[a]);
   w.pad0 = w.pad1 = 0;
   sm->windows[row] = w;
 }
 
-// Fills the column sets (they depend on the KV tile shape only). coord_rc: this thread's
+// Fills the column sets (they depend on the column tile shape only). coord_rc: this thread's
 // accumulator coordinates as (rows, cols); all consumer threads take part.
-template <int kBlockM, int kBlockN, class TensorC>
-__device__ void na_fill_column_sets(NaMaskSmem<kBlockM, kBlockN>* sm, const NaTileShape& kv_shape,
+template <int kRowTile, int kColTile, class TensorC>
+__device__ void na_fill_column_sets(NaMaskSmem<kRowTile, kColTile>* sm, const NaTileShape& col_shape,
                                     const TensorC& coord_rc, int mma_tid, int num_threads) {
-  const int entries = kv_shape.dim[0] + kv_shape.dim[1] + kv_shape.dim[2] + kAxes;
+  const int entries = col_shape.dim[0] + col_shape.dim[1] + col_shape.dim[2] + kAxes;
   for (int e = mma_tid / 4; e < entries; e += num_threads / 4) {
     int a = 0, v = e;
-    while (v > kv_shape.dim[a]) v -= kv_shape.dim[a] + 1, ++a;
+    while (v > col_shape.dim[a]) v -= col_shape.dim[a] + 1, ++a;
     uint32_t bits = 0;
     CUTLASS_PRAGMA_UNROLL
     for (int ni = 0; ni < cute::size<1>(coord_rc); ++ni)
-      if (kv_shape.offset(cute::get<1>(coord_rc(0, ni)), a) < v) bits |= 1u << ni;
+      if (col_shape.offset(cute::get<1>(coord_rc(0, ni)), a) < v) bits |= 1u << ni;
     sm->below[mma_tid % 4][e] = bits;
   }
 }

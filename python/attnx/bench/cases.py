@@ -6,6 +6,7 @@ small sizes, float32). Building a case allocates nothing on the device: inputs a
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -421,6 +422,84 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
                         "reference_estimate_s": round(ref_full, 2)})
 
 
+def neighborhood_bwd(ctx: Ctx) -> list:
+    cfgs, b, h, d = NA[ctx.mode]
+    return [_na_bwd_case(ctx, spatial, ks, b, h, d) for spatial, ks in cfgs]
+
+
+def _na_bwd_case(ctx, spatial, kernel, b, h, d):
+    """Backward of the neighborhood case. attnx: the forward op once per set (untimed), the timed call
+    torch.ops.attnx.neighborhood_attention_backward(dout, None, ...). Peers: flex_attention's
+    backward with the NA block mask, and SDPA's dense backward over all tokens (its 'attnx vs' is
+    the NA backward's speedup over dense)."""
+    rank = len(spatial)
+    kernel = _tup(kernel, rank)
+    dil, stride, causal_t = (1,) * rank, (1,) * rank, (False,) * rank
+    geom_args = (list(kernel), list(dil), list(stride), list(causal_t))
+    tokens, keys = math.prod(spatial), math.prod(kernel)
+    pairs = attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal_t)["attended_pairs"]
+    hc = _check_heads(ctx, h, cheap=False)
+    host = _na_host_per_chunk(spatial, kernel)
+    ref_full = 3 * gathered_ref_seconds(b, tokens, tokens, h, keys, d, d, host, ctx.cuda)
+    ref_check = 3 * gathered_ref_seconds(1, tokens, tokens, hc, keys, d, d, host, ctx.cuda)
+
+    def make_set(i):
+        shape = (b, *spatial, h, d)
+        s = {n: randn(shape, ctx) for n in ("q", "k", "v", "dout")}
+        s.update({f"{n}_flat": s[n].view(b, tokens, h, d) for n in ("q", "k", "v", "dout")})
+        return s
+
+    def native(s):
+        if not ctx.cuda:
+            return False
+        nat = attnx._native
+        tag = nat._DTYPE_TAG.get(s["q"].dtype)
+        return (nat.covers("neighborhood_attention", s["q"], s["k"], s["v"], dilation=dil)
+                and f"na_bwd_{tag}_hdim{d}" in nat.instances())
+
+    def prepare(s):  # the forward, once per set, outside the timed region
+        a = dict(s, op=not ctx.cuda or native(s))  # CPU: the ops run the reference
+        if a["op"]:
+            a["out"], a["lse"] = torch.ops.attnx.neighborhood_attention(s["q"], s["k"], s["v"], *geom_args, None)
+        return a
+
+    def run(a):
+        if a["op"]:
+            return torch.ops.attnx.neighborhood_attention_backward(a["dout"], None, a["q"], a["k"], a["v"], a["out"],
+                                                                   a["lse"], *geom_args, None)
+        q, k, v = (x.detach().requires_grad_() for x in (a["q"], a["k"], a["v"]))  # as autograd would
+        with torch.enable_grad():
+            out = attnx.neighborhood_attention(q, k, v, kernel)
+        return torch.autograd.grad(out, (q, k, v), a["dout"])
+
+    def expected(s):
+        q, k, v, dout = (last_batch_heads(s[n], hc) for n in ("q", "k", "v", "dout"))
+        geom = attnx.reference.neighborhood.normalize_na_args(q, *geom_args)
+        return attnx.reference.neighborhood.na_bwd(dout, None, q, k, v, geom, None)
+
+    def impls():
+        out = [_attnx_impl(ctx, run, lambda s: "native (fused NA bwd)" if native(s) else "reference",
+                           ref_seconds=ref_full, prepare=prepare),
+               P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
+                           spatial=spatial, name="flex (NA mask)", backward=True)]
+        if ctx.cuda:
+            out += [dataclasses.replace(p, output=None, check=False, flops=BWD_FLOP_FACTOR * attention_flops(
+                        b, h, d, tokens * tokens), note="dense backward over all tokens")
+                    for p in P.sdpa_bwd_peers(ctx, causal=False, keys=("q_flat", "k_flat", "v_flat", "dout_flat"))]
+        return out
+
+    name = f"{rank}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)} H{h} D{d}" + (f" B{b}" if b > 1 else "")
+    sb = attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal_t)
+    return Case(family="neighborhood_bwd", name=name, make_set=make_set, impls=impls,
+                set_bytes=4 * b * tokens * h * d * ctx.dtype.itemsize, expected=expected,
+                subset=lambda g: tuple(x[-1:, ..., h - hc:, :] for x in g), check_ref_seconds=ref_check,
+                flops=BWD_FLOP_FACTOR * attention_flops(b, h, d, pairs), dtype=ctx.dtype,
+                note=f"FLOP bound {sb['flop_speedup']:.2f}x over dense",
+                params={"B": b, "spatial": spatial, "kernel_size": kernel, "H": h, "D": d, "attended_pairs": pairs,
+                        "check_heads": hc, "pass": "backward", "flop_factor": BWD_FLOP_FACTOR,
+                        "reference_estimate_s": round(ref_full, 2)})
+
+
 # ----------------------------------------------------------------------------------------------
 # gna: strided NA and block-sparse attention over a GNA tile plan
 # ----------------------------------------------------------------------------------------------
@@ -826,6 +905,7 @@ FAMILIES = {
     "dense_bwd": (dense_bwd, "backward only: attnx.attention_backward vs SDPA flash / cuDNN backward"),
     "varlen_bwd": (varlen_bwd, "backward only: attnx.varlen_attention_backward vs varlen_attn backward"),
     "neighborhood": (neighborhood, "attnx.neighborhood_attention vs flex (NA mask)"),
+    "neighborhood_bwd": (neighborhood_bwd, "backward only: attnx NA backward vs flex (NA mask) backward"),
     "gna": (gna, "strided NA and attnx.block_sparse_attention over GNA tile plans vs flex"),
     "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),
     "pq_sparse": (pq_sparse, "attnx.sparse_attention / pq_sparse_attention vs dense SDPA"),

@@ -277,18 +277,22 @@ def block_mask(ctx: Ctx, mask_mod: Callable, q_len: int, kv_len: int, block: int
 
 def flex_peer(ctx: Ctx, make_mask_mod: Callable, *, tokens: int, spatial: Optional[Sequence[int]] = None,
               block: int = 128, packed: bool = False, padded_tokens: Optional[int] = None, name: str = "flex",
-              note: str = "") -> Impl:
+              note: str = "", backward: bool = False) -> Impl:
     """flex_attention with ``create_block_mask(make_mask_mod(first_set))``.
 
     Base sets hold q/k/v as [B, *spatial, H, D] (or packed [T, H, D] when ``packed``); the peer
     runs on contiguous [B, H, tokens, D] copies and its output is put back in that layout.
     ``padded_tokens`` (packed only): zero tokens appended up to that length (the mask must keep
-    them apart), so flex sees a multiple of its block size.
+    them apart), so flex sees a multiple of its block size. ``backward``: the timed call is the
+    backward of flex (forward once per set, untimed) with the set's ``dout``; it returns
+    (dq, dk, dv) in the set's layout.
     """
     state = {}
     n_flex = padded_tokens or tokens
 
     def setup(s):
+        if backward and not ctx.cuda:
+            raise NotAvailable("flex_attention has no backward on the CPU")
         state["fn"] = _flex_fn(ctx)
         state["mask"] = block_mask(ctx, make_mask_mod(s), n_flex, n_flex, block)
         if ctx.cuda:
@@ -303,9 +307,16 @@ def flex_peer(ctx: Ctx, make_mask_mod: Callable, *, tokens: int, spatial: Option
         return x.reshape(x.shape[0], tokens, *x.shape[-2:]).transpose(1, 2).contiguous()
 
     def prepare(s):
+        if backward:
+            q, k, v = (_leaf(flat(s[n])) for n in "qkv")
+            with torch.enable_grad():
+                out = state["fn"](q, k, v, block_mask=state["mask"])
+            return _grad_inputs(out, (q, k, v), flat(s["dout"]))
         return flat(s["q"]), flat(s["k"]), flat(s["v"])
 
     def run(a):
+        if backward:
+            return _grad_run(a)
         q, k, v = a
         if ctx.cuda:
             return state["fn"](q, k, v, block_mask=state["mask"])
@@ -319,8 +330,8 @@ def flex_peer(ctx: Ctx, make_mask_mod: Callable, *, tokens: int, spatial: Option
             return o[0, :tokens]
         return o.reshape(o.shape[0], *spatial, *o.shape[-2:]) if spatial else o
 
-    return Impl(name=name if ctx.cuda else f"{name} (eager)", run=run, prepare=prepare, output=output, setup=setup,
-                kernel="peer", note=note)
+    return Impl(name=name if ctx.cuda else f"{name} (eager)", run=run, prepare=prepare, setup=setup,
+                output=(lambda g: tuple(output(x) for x in g)) if backward else output, kernel="peer", note=note)
 
 
 def _pick(a, b, both, clamp: str, plain):

@@ -38,11 +38,13 @@ def neighborhood_attention(q, k, v, kernel_size, *, dilation=1, stride=1, is_cau
     kernel_size is blocked attention). The exact definition is
     :func:`attnx.reference.neighborhood_attention`.
 
-    On an H100 (fp16/bf16, head dims 32/64/128, dilation 1) the forward is the fused kernel: each
-    CTA owns a multi-dimensional tile of 128 queries, loads only the KV tiles meeting its
-    neighbourhoods (5-D TMA boxes straight from [B, *spatial, H, D], no permutation in memory)
-    and masks inside partly visible tiles; the tile shape is the one that visits the fewest
-    tiles. The backward, dilated axes and other dtypes run the reference.
+    On an H100 (fp16/bf16, head dims 32/64/128, dilation 1) forward and backward are fused
+    kernels. Forward: each CTA owns a multi-dimensional tile of 128 queries, loads only the KV
+    tiles meeting its neighbourhoods (5-D TMA boxes straight from [B, *spatial, H, D], no
+    permutation in memory) and masks inside partly visible tiles. Backward: each CTA owns a
+    tile of 128 keys and walks the 64-query tiles that see them (dK, dV in registers, dQ
+    accumulated in float32). Tile shapes are the ones that visit the fewest tile pairs. Dilated
+    axes and other dtypes run the reference.
     """
     geom = ref.check_na(q, k, v, kernel_size, dilation, stride, is_causal)
     _, ks, dil, st, ca = geom
