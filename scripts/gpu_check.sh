@@ -60,6 +60,9 @@ if command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=attnx python3 scripts/sanitize_cases.py \
     --forward-only > "$OUT/racecheck_py.log" 2>&1
   note "racecheck (python, forward kernels): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_py.log" | tail -1)"
+  compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=na_bwd_kernel python3 scripts/sanitize_cases.py \
+    --na-backward-only > "$OUT/racecheck_na_bwd.log" 2>&1
+  note "racecheck (python, NA backward, bf16): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_na_bwd.log" | tail -1)"
   if [ -x build/native/attnx_bench ]; then
     compute-sanitizer --tool memcheck --error-exitcode 9 build/native/attnx_bench --batch 1 --seqlen 333 --heads 3 --heads-k 1 \
       --causal --warmup 1 --iters 1 > "$OUT/memcheck_cpp.log" 2>&1 \

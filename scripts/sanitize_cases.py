@@ -1,10 +1,11 @@
 """Small cases of every native kernel, run under compute-sanitizer by scripts/gpu_check.sh.
 
-    python scripts/sanitize_cases.py [--forward-only]
+    python scripts/sanitize_cases.py [--forward-only | --na-backward-only]
 
 --forward-only skips the backward kernels and the fp16 NA instances (racecheck of the backward took
 over 200 s, of every NA instance over 7 minutes; gpu_check runs racecheck with it and memcheck on
-everything).
+everything). --na-backward-only runs the bf16 neighborhood cases with their backward only (the
+racecheck of the fused NA backward, whose dQ hand-off the dense cases share).
 """
 import sys
 
@@ -24,8 +25,9 @@ def cu(lengths):
     return torch.tensor(out, dtype=torch.int32, device="cuda")
 
 
+NA_BWD_ONLY = "--na-backward-only" in sys.argv
 for name in sorted(_native.instances()):
-    if not name.startswith("fmha_fwd"):
+    if not name.startswith("fmha_fwd") or NA_BWD_ONLY:
         continue  # each forward case below also runs the backward of its (dtype, head dim)
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
     bwd = f"fmha_bwd_{tag}_hdim{hd}" in _native.instances() and "--forward-only" not in sys.argv
@@ -49,7 +51,7 @@ for name in sorted(_native.instances()):
             torch.ops.attnx.varlen_attention_backward(torch.randn_like(out), None, q, k, k, out, lse, *args)
     ran.append(name + (" (+ backward)" if bwd else ""))
 for name in sorted(_native.instances()):
-    if not name.startswith("fmha_fwd"):
+    if not name.startswith("fmha_fwd") or NA_BWD_ONLY:
         continue  # block-sparse forward: partial last tile, empty Q tiles, broadcast lists, junk ids
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
@@ -63,7 +65,7 @@ for name in sorted(_native.instances()):
     ran.append(name + " (block-sparse)")
 
 for name in sorted(_native.instances()):
-    if not name.startswith("mla_decode"):
+    if not name.startswith("mla_decode") or NA_BWD_ONLY:
         continue
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name.split("_")[2]]
     # lengths: empty, partial page, page boundary +1, two pages; 2 query blocks (Hq 128) too
@@ -85,8 +87,8 @@ for name in sorted(_native.instances()):
     if not name.startswith("na_fwd"):
         continue  # fused NA: 1-D to 3-D, tiles overhanging the axes, several batches, GQA, stride, causal
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
-    if "--forward-only" in sys.argv and tag != "bf16":
-        continue  # racecheck (forward-only) of every NA instance took minutes; fp16 shares the code
+    if ("--forward-only" in sys.argv or NA_BWD_ONLY) and tag != "bf16":
+        continue  # racecheck of every NA instance took minutes; fp16 shares the code
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
     backward = "--forward-only" not in sys.argv and name.replace("na_fwd", "na_bwd") in _native.instances()
     for b, spatial, hq, hk, ks, st, ca in [(1, (1,), 1, 1, [1], [1], [False]),

@@ -1,5 +1,6 @@
 // Hopper backward fused MHA: one CTA per (KV tile, KV head, batch), warp-specialised like the
-// forward (warpgroup 0 loads, warpgroups 1-2 compute), dK/dV written once at the end.
+// forward (warpgroup 0: thread 0 loads, warp 1 adds dQ tiles to the workspace; warpgroups 1-2
+// compute), dK/dV written once at the end.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -69,6 +70,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (threadIdx.x == 0 && has_work) fmha_bwd_load<Traits>(kp, ss, pipe_q, pipe_do, info, n_block, head_k, walk);
+    if (threadIdx.x / 32 == 1 && has_work) fmha_bwd_dq_writer<Traits>(ss, BwdWorkspace(p).dq_accum, walk, threadIdx.x % 32);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int mma_tid = threadIdx.x - 128;
@@ -79,7 +81,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     clear(tdKrdK);
     clear(tdVrdV);
     if (has_work)
-      fmha_bwd_mma<Traits>(p.scale, BwdWorkspace(p).dq_accum, ss, pipe_q, pipe_do,
+      fmha_bwd_mma<Traits>(p.scale, ss, pipe_q, pipe_do,
                            TransposedWindowMask<kBlockM, kBlockN>{mask, n_block}, walk, mma_tid, tdKrdK, tdVrdV);
     Tensor coord = mma_dkv.get_thread_slice(mma_tid).partition_C(make_identity_tensor(TileKV{}));
     const bool packed = p.cu_seqlens_q != nullptr;

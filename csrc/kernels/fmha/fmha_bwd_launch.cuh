@@ -28,7 +28,9 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
 
   // grid.x = (batch, block of 8 rows); the batch is not a grid dimension (65535 limit).
   const dim3 pre_grid((unsigned)(row_blocks * p.batch), p.num_heads_q);
-  fmha_bwd_preprocess_kernel<Element><<<pre_grid, 256, 0, stream>>>(p);
+  if (cudaMemsetAsync(p.workspace, 0, sizeof(float) * p.ws_rows * p.num_heads_q * p.head_dim, stream) != cudaSuccess)
+    return Status::kCudaError;
+  fmha_bwd_preprocess_kernel<Element, Traits::kHeadDim><<<pre_grid, 256, 0, stream>>>(p);
 
   using Gmem = typename Traits::Gmem;
   auto mQ = Gmem::make(p.q, rows_q, p.num_heads_q, batches, p.q_row_stride, p.q_head_stride, p.q_batch_stride, packed);
@@ -55,7 +57,7 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
   kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
 
   const dim3 post_grid((unsigned)(row_blocks * p.batch), p.num_heads_q);  // same row blocks as pre
-  fmha_bwd_postprocess_kernel<Element><<<post_grid, 256, 0, stream>>>(p);
+  fmha_bwd_postprocess_kernel<Element, Traits::kHeadDim><<<post_grid, 256, 0, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

@@ -1,6 +1,6 @@
-// The two halves of the backward mainloop: the producer (K and V of this CTA's tile once; then per
-// visited (query head, Q tile) the Q and dO tiles with their lse / dpsum slices) and the consumer
-// warpgroups (five wgmma per step: S^T, dP^T, dV, dK, dQ).
+// The parts of the backward mainloop: the producer (K and V of this CTA's tile once; then per
+// visited (query head, Q tile) the Q and dO tiles with their lse / dpsum slices), the consumer
+// warpgroups (five wgmma per step: S^T, dP^T, dV, dK, dQ) and the dQ writer warp.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -98,8 +98,45 @@ __device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Tr
 // Consumer warpgroups: accumulate dK (unscaled) and dV for this thread's keys; add dQ partials
 // (unscaled) to the workspace. Family-neutral: the walk gives each step's head, Q tile and
 // workspace row; the mask (on transposed scores) takes the step.
+// Named barriers of the dQ hand-off (per buffer b = step % kDqStages): the consumers sync on
+// empty + b before writing buffer b and arrive on full + b after; the writer warp syncs on
+// full + b, issues the bulk reduce-add and, once the copy has read the buffer, arrives on empty + b.
+constexpr int kDqFullBarrier = 4;   // 4, 5
+constexpr int kDqEmptyBarrier = 6;  // 6, 7
+
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const float* smem, int bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem), "r"(s),
+               "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+// The dQ writer (one warp of the producer warpgroup): per step, adds the consumers' staged dQ tile
+// to the workspace rows of that step. Walks the same steps as the consumers.
+template <class Traits, class Walk>
+__device__ void fmha_bwd_dq_writer(typename Traits::SharedStorage& ss, float* dq_accum, const Walk& walk, int lane) {
+  constexpr int kTileFloats = Traits::kBlockM * Traits::kHeadDim;
+  constexpr int kThreads = Traits::kNumMmaThreads + 32;
+  constexpr int kBufs = Traits::kDqStages;
+  const int count = walk.count();
+  for (int b = 0; b < kBufs && b < count; ++b) NamedBarrier::arrive(kDqEmptyBarrier + b, kThreads);  // start empty
+  for (int step = 0; step < count; ++step) {
+    const int buf = step % kBufs;
+    NamedBarrier::sync(kDqFullBarrier + buf, kThreads);
+    if (lane == 0) {
+      bulk_reduce_add_f32(dq_accum + walk.step(step).ws_row * Traits::kHeadDim, ss.dq.data() + buf * kTileFloats,
+                          kTileFloats * (int)sizeof(float));
+      asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the buffer may be rewritten
+    }
+    __syncwarp();
+    if (step + kBufs < count) NamedBarrier::arrive(kDqEmptyBarrier + buf, kThreads);
+  }
+  if (lane == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the adds have landed
+}
+
 template <class Traits, class Mask, class Walk, class TensordK, class TensordV>
-__device__ void fmha_bwd_mma(float softmax_scale, float* dq_accum, typename Traits::SharedStorage& ss,
+__device__ void fmha_bwd_mma(float softmax_scale, typename Traits::SharedStorage& ss,
                              typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do, const Mask& mask,
                              const Walk& walk, int mma_tid, TensordK& tdKrdK, TensordV& tdVrdV) {
   using Element = typename Traits::Element;
@@ -190,12 +227,19 @@ __device__ void fmha_bwd_mma(float softmax_scale, float* dq_accum, typename Trai
     pipe_do.consumer_release(read);
     ++read;
 
-    float* dq_tile = dq_accum + st.ws_row * Traits::kHeadDim;
+    // Stage dQ for the writer warp. The writer arrives on the buffer's empty barrier once the
+    // copy of its previous tile (kDqStages steps ago) has read it.
+    const int dq_buf = step % Traits::kDqStages;
+    NamedBarrier::sync(kDqEmptyBarrier + dq_buf, Traits::kNumMmaThreads + 32);
+    float* sdq = ss.dq.data() + dq_buf * (Traits::kBlockM * Traits::kHeadDim);
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < size(tdQrdQ); i += 2) {  // value pairs are adjacent columns of one row
       const int r = get<0>(tdQcdQ(i)), c = get<1>(tdQcdQ(i));
-      atomicAdd(reinterpret_cast<float2*>(dq_tile + r * Traits::kHeadDim + c), make_float2(tdQrdQ(i), tdQrdQ(i + 1)));
+      *reinterpret_cast<float2*>(sdq + DqTileLayout<Traits::kHeadDim>::pair_offset(r, c)) =
+          make_float2(tdQrdQ(i), tdQrdQ(i + 1));
     }
+    cutlass::arch::fence_view_async_shared();  // generic-proxy writes read by the bulk copy
+    NamedBarrier::arrive(kDqFullBarrier + dq_buf, Traits::kNumMmaThreads + 32);
   }
 }
 

@@ -5,8 +5,9 @@
 // the group without atomics). Each of the two consumer warpgroups owns 64 keys and computes the
 // transposed scores S^T = K Q^T and dP^T = V dO^T, so P^T and dS^T land in registers in exactly the
 // form the register-A wgmma of dV += P^T dO and dK += dS^T Q takes. dQ = dS K needs dS with the
-// queries as rows: it goes through shared memory, both warpgroups computing half of dQ's columns,
-// and is added to a float32 accumulator in global memory.
+// queries as rows: it goes through shared memory, both warpgroups computing half of dQ's columns;
+// the partial dQ tile is staged in shared memory and a writer warp adds it to a float32
+// accumulator in global memory with one bulk reduce-add per step.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -21,13 +22,17 @@ namespace attnx::fmha {
 
 using namespace cute;
 
-template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_>
+template <typename Element_, int kHeadDim_, int kBlockN_, int kStages_, int kDqStages_ = 2>
 struct FmhaBwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kBlockM = kBwdBlockM;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
+  // Staged dQ tiles (shared memory): two let the consumers write step i + 1's while step i's is
+  // still being read by the bulk reduce-add; one leaves room for a family's own tables.
+  static constexpr int kDqStages = kDqStages_;
+  static_assert(kDqStages == 1 || kDqStages == 2);
   static constexpr int kNumMmaWarpgroups = kBlockN / 64;
   static_assert(kNumMmaWarpgroups == 2, "dQ is split in column halves between two warpgroups");
   static constexpr int kNumMmaThreads = 128 * kNumMmaWarpgroups;
@@ -88,6 +93,9 @@ struct FmhaBwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> dout;
     cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds;
+    // dQ partials of the last kDqStages steps (DqTileLayout order), added to the workspace by the
+    // dQ writer warp with bulk reduce-adds, so the consumers never wait on global atomics.
+    cute::array_aligned<float, kDqStages * kBlockM * kHeadDim, 128> dq;
     alignas(128) float lse_log2[kStages][kBlockM];  // per stage: lse * log2(e) (+inf: row contributes nothing)
     alignas(128) float dpsum[kStages][kBlockM];     // per stage: rowsum(dO * O) - dlse
     typename Pipeline::SharedStorage pipeline_q;
@@ -96,6 +104,19 @@ struct FmhaBwdTraits {
   };
   static constexpr int kSmemBytes = sizeof(SharedStorage);
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");
+};
+
+// Where element (r, c) of a 64 x D dQ tile sits, in shared memory and in the workspace (the bulk
+// reduce-add copies the tile as is): row-major with column pairs XOR-swizzled by row, so a warp's
+// float2 stores of its accumulator (8 rows x 4 pairs per instruction) hit distinct banks.
+template <int kHeadDim>
+struct DqTileLayout {
+  static constexpr int kPairs = kHeadDim / 2;
+  __host__ __device__ static constexpr int swizzle(int r) { return ((r & 7) << 2) & (kPairs - 1); }
+  // Offset (floats) of the pair holding columns (c, c + 1), c even.
+  __host__ __device__ static constexpr int pair_offset(int r, int c) {
+    return r * kHeadDim + (((c >> 1) ^ swizzle(r)) << 1);
+  }
 };
 
 template <typename Element, int kHeadDim>

@@ -140,6 +140,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
   auto& ns = *reinterpret_cast<NaBwdSmem<Traits>*>(smem_buf + kNaBwdSmemOffset<Traits>);
   const NaBwdParams& p = kp.p;
+  static_assert(kNaBwdSmemBytes<Traits> <= 227 * 1024, "over the sm_90 shared-memory limit per block");
 
   const NaTileShape q_shape(p.q_tile), kv_shape(p.kv_tile);
   NaAxis axis[kAxes];
@@ -172,6 +173,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       cute::prefetch_tma_descriptor(&kp.tma_do);
       na_bwd_load<Traits>(kp, ss, pipe_q, pipe_do, kv_tile, q_shape, walk);
     }
+    if (threadIdx.x / 32 == 1 && has_work)
+      fmha::fmha_bwd_dq_writer<Traits>(ss, NaBwdWorkspace(p, kp.num_q_tiles).dq_accum, walk, threadIdx.x % 32);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int mma_tid = threadIdx.x - 128;
@@ -196,8 +199,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       NamedBarrier::sync(kNaBwdColumnSetsBarrier, Traits::kNumMmaThreads);
       const NaBwdMask<Traits::kBlockN, Traits::kBlockM> mask{
           NaMask<2, Traits::kBlockN, Traits::kBlockM>(inverse, kv_shape, q_shape, kv_tile.origin, &ns.mask, mma_tid)};
-      const NaBwdWorkspace ws(p, kp.num_q_tiles);
-      fmha::fmha_bwd_mma<Traits>(p.scale, ws.dq_accum, ss, pipe_q, pipe_do, mask, walk, mma_tid, tdKrdK, tdVrdV);
+      fmha::fmha_bwd_mma<Traits>(p.scale, ss, pipe_q, pipe_do, mask, walk, mma_tid, tdKrdK, tdVrdV);
     }
     Tensor coord = mma_dkv.get_thread_slice(mma_tid).partition_C(make_identity_tensor(TileKV{}));
     auto* dk = static_cast<Element*>(p.dk) + kv_tile.batch * p.dk_batch_stride + head_k * p.dk_head_stride;

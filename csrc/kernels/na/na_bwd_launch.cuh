@@ -32,8 +32,7 @@ Status run_na_bwd(const NaBwdParams& p, cudaStream_t stream) {
   const Status tiles = na_bwd_tiles(p, kp.p.q_tile, kp.p.kv_tile);
   if (tiles != Status::kSuccess) return tiles;
   const int64_t num_q_tiles = na_num_tiles(p, kp.p.q_tile), num_kv_tiles = na_num_tiles(p, kp.p.kv_tile);
-  const int64_t rows_per_head = p.batch * num_q_tiles * kNaBwdQTokens;
-  if (rows_per_head / 8 >= (1LL << 31) || num_kv_tiles * p.batch >= (1LL << 31)) return Status::kInvalidArgument;
+  if (num_q_tiles * p.batch >= (1LL << 31) || num_kv_tiles * p.batch >= (1LL << 31)) return Status::kInvalidArgument;
   kp.num_q_tiles = (int)num_q_tiles, kp.num_kv_tiles = (int)num_kv_tiles;
   if (!make_na_tma_view<Traits>(kp.tma_q, p.q, p, p.num_heads_q, p.q_batch_stride, p.q_axis_stride, p.q_head_stride,
                                 kp.p.q_tile) ||
@@ -45,15 +44,18 @@ Status run_na_bwd(const NaBwdParams& p, cudaStream_t stream) {
                                 kp.p.kv_tile))
     return Status::kUnsupported;  // strides TMA cannot describe: the caller makes the tensors contiguous
 
-  const dim3 row_grid((unsigned)(rows_per_head / 8), p.num_heads_q);
-  na_bwd_preprocess_kernel<Element><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);
+  const dim3 row_grid((unsigned)(num_q_tiles * p.batch), p.num_heads_q);  // a block per (Q tile, head)
+  const NaBwdWorkspace ws(kp.p, num_q_tiles);
+  if (cudaMemsetAsync(ws.dq_accum, 0, sizeof(float) * ws.rows * p.head_dim, stream) != cudaSuccess)
+    return Status::kCudaError;
+  na_bwd_preprocess_kernel<Element, Traits::kHeadDim><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);
   auto kernel = na_bwd_kernel<Traits>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kNaBwdSmemBytes<Traits>) !=
       cudaSuccess)
     return Status::kCudaError;
   const dim3 grid((unsigned)(num_kv_tiles * p.batch), p.num_heads_k);
   kernel<<<grid, Traits::kNumThreads, kNaBwdSmemBytes<Traits>, stream>>>(kp);
-  na_bwd_postprocess_kernel<Element><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);
+  na_bwd_postprocess_kernel<Element, Traits::kHeadDim><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

@@ -5,13 +5,15 @@
 // ((head * B + batch) * num_q_tiles + tile) * 64 + r holds the query at the tile's origin +
 // offset(r) (tiles row-major over the Q tile grid, axis 2 fastest). Arrays: dq_accum [rows, D],
 // lse_log2 [rows], dpsum [rows]. Rows of tiles overhanging an axis hold no query.
+//   before:      dq_accum = 0 (a memset);
 //   preprocess:  dpsum = rowsum(dO * O) - dlse, lse_log2 = lse * log2(e) (+inf for rows without a
-//                query, so their P is 0), dq_accum = 0;
-//   postprocess: dq = dq_accum * scale in the input dtype.
+//                query, so their P is 0);
+//   postprocess: dq = dq_accum * scale in the input dtype (dq_accum tiles are DqTileLayout).
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include "../fmha/fmha_bwd_prepost.cuh"
 #include "../fmha/fmha_params.h"
 #include "na_bwd_plan.h"
 #include "na_window.cuh"
@@ -31,77 +33,81 @@ struct NaBwdWorkspace {
   }
 };
 
-// The query of one workspace row (within a head): batch, coordinates and whether it exists.
-struct NaWsQuery {
+// One Q tile of the workspace: its batch and first token per axis, from blockIdx.x = batch x Q
+// tile (tiles row-major, axis 2 fastest).
+struct NaWsTile {
   int batch;
-  int coord[kAxes];
-  bool valid;
-  __device__ NaWsQuery(const NaBwdParams& p, const NaTileShape& qs, const int (&tiles)[kAxes], int64_t row) {
-    const int r = (int)(row % kNaBwdQTokens);
-    int64_t t = row / kNaBwdQTokens;
-    int tc[kAxes];
-    for (int a = kAxes - 1; a >= 0; --a) tc[a] = (int)(t % tiles[a]), t /= tiles[a];
-    batch = (int)t;
-    valid = true;
+  int origin[kAxes];
+  __device__ NaWsTile(const NaBwdParams& p, const NaTileShape& qs, int flat) {
+    for (int a = kAxes - 1; a >= 0; --a) {
+      const int tiles = (p.extent[a] + qs.dim[a] - 1) / qs.dim[a];
+      origin[a] = flat % tiles * qs.dim[a];
+      flat /= tiles;
+    }
+    batch = flat;
+  }
+  // Row r's query: coordinates, and whether it exists (tiles may overhang an axis end).
+  __device__ bool query(const NaBwdParams& p, const NaTileShape& qs, int r, int (&coord)[kAxes]) const {
+    bool valid = true;
     for (int a = 0; a < kAxes; ++a) {
-      coord[a] = tc[a] * qs.dim[a] + qs.offset(r, a);
+      coord[a] = origin[a] + qs.offset(r, a);
       valid = valid && coord[a] < p.extent[a];
     }
+    return valid;
   }
-  __device__ int64_t offset(int64_t batch_stride, const int64_t (&axis_stride)[kAxes], int64_t head_stride,
-                            int head) const {
+  __device__ int64_t offset(const int (&coord)[kAxes], int64_t batch_stride, const int64_t (&axis_stride)[kAxes],
+                            int64_t head_stride, int head) const {
     int64_t off = batch * batch_stride + head * head_stride;
     for (int a = 0; a < kAxes; ++a) off += coord[a] * axis_stride[a];
     return off;
   }
-  // Index of this query's lse in [B, X0, X1, X2, Hq].
-  __device__ int64_t lse_index(const NaBwdParams& p, int head) const {
+  // Index of a query's lse in [B, X0, X1, X2, Hq].
+  __device__ int64_t lse_index(const NaBwdParams& p, const int (&coord)[kAxes], int head) const {
     const int64_t token = (((int64_t)batch * p.extent[0] + coord[0]) * p.extent[1] + coord[1]) * p.extent[2] + coord[2];
     return token * p.num_heads_q + head;
   }
 };
 
-// Both kernels: one warp per row, 8 rows per block; grid (rows per head / 8, Hq). p carries the
-// chosen tiles.
-template <typename Element>
+// Both kernels: one block per (Q tile, query head), grid (B x Q tiles, Hq); each of the 8 warps
+// takes 8 of the tile's 64 rows, a row per step. p carries the chosen tiles.
+template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(256) na_bwd_preprocess_kernel(const NaBwdParams p, int num_q_tiles) {
   const NaTileShape qs(p.q_tile);
-  const int tiles[kAxes] = {(p.extent[0] + qs.dim[0] - 1) / qs.dim[0], (p.extent[1] + qs.dim[1] - 1) / qs.dim[1],
-                            (p.extent[2] + qs.dim[2] - 1) / qs.dim[2]};
-  const int h = blockIdx.y, lane = threadIdx.x % 32;
-  const int64_t r = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
+  const NaWsTile tile(p, qs, blockIdx.x);
+  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const NaBwdWorkspace ws(p, num_q_tiles);
-  const int64_t row = h * (ws.rows / p.num_heads_q) + r;
-  for (int d = lane; d < p.head_dim; d += 32) ws.dq_accum[row * p.head_dim + d] = 0.f;
-  const NaWsQuery q(p, qs, tiles, r);
-  float dsum = 0.f, lse2 = INFINITY;
-  if (q.valid) {
-    const auto* o = static_cast<const Element*>(p.out) + q.offset(p.o_batch_stride, p.o_axis_stride, p.o_head_stride, h);
-    const auto* dout =
-        static_cast<const Element*>(p.dout) + q.offset(p.do_batch_stride, p.do_axis_stride, p.do_head_stride, h);
-    for (int d = lane; d < p.head_dim; d += 32) dsum += static_cast<float>(o[d]) * static_cast<float>(dout[d]);
-    for (int s = 16; s > 0; s >>= 1) dsum += __shfl_xor_sync(0xffffffff, dsum, s);
-    const int64_t lse_idx = q.lse_index(p, h);
-    const float lse = p.lse[lse_idx];
-    lse2 = lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;
-    if (p.dlse != nullptr) dsum -= p.dlse[lse_idx];
+  const int64_t row0 = ((int64_t)h * p.batch * num_q_tiles + blockIdx.x) * kNaBwdQTokens;
+  for (int r = warp * 8; r < warp * 8 + 8; ++r) {
+    int coord[kAxes];
+    float dsum = 0.f, lse2 = INFINITY;
+    if (tile.query(p, qs, r, coord)) {
+      const auto* o = static_cast<const Element*>(p.out) +
+                      tile.offset(coord, p.o_batch_stride, p.o_axis_stride, p.o_head_stride, h);
+      const auto* dout = static_cast<const Element*>(p.dout) +
+                         tile.offset(coord, p.do_batch_stride, p.do_axis_stride, p.do_head_stride, h);
+      dsum = fmha::row_dot<Element, kHeadDim>(o, dout, lane);
+      const int64_t lse_idx = tile.lse_index(p, coord, h);
+      const float lse = p.lse[lse_idx];
+      lse2 = lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;
+      if (p.dlse != nullptr) dsum -= p.dlse[lse_idx];
+    }
+    if (lane == 0) ws.lse_log2[row0 + r] = lse2, ws.dpsum[row0 + r] = dsum;
   }
-  if (lane == 0) ws.lse_log2[row] = lse2, ws.dpsum[row] = dsum;
 }
 
-template <typename Element>
+template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(256) na_bwd_postprocess_kernel(const NaBwdParams p, int num_q_tiles) {
   const NaTileShape qs(p.q_tile);
-  const int tiles[kAxes] = {(p.extent[0] + qs.dim[0] - 1) / qs.dim[0], (p.extent[1] + qs.dim[1] - 1) / qs.dim[1],
-                            (p.extent[2] + qs.dim[2] - 1) / qs.dim[2]};
-  const int h = blockIdx.y, lane = threadIdx.x % 32;
-  const int64_t r = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
-  const NaWsQuery q(p, qs, tiles, r);
-  if (!q.valid) return;
+  const NaWsTile tile(p, qs, blockIdx.x);
+  const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const NaBwdWorkspace ws(p, num_q_tiles);
-  const float* acc = ws.dq_accum + (h * (ws.rows / p.num_heads_q) + r) * p.head_dim;
-  auto* dq = static_cast<Element*>(p.dq) + q.offset(p.dq_batch_stride, p.dq_axis_stride, p.dq_head_stride, h);
-  for (int d = lane; d < p.head_dim; d += 32) dq[d] = static_cast<Element>(acc[d] * p.scale);
+  const int64_t row0 = ((int64_t)h * p.batch * num_q_tiles + blockIdx.x) * kNaBwdQTokens;
+  for (int r = warp * 8; r < warp * 8 + 8; ++r) {
+    int coord[kAxes];
+    if (!tile.query(p, qs, r, coord)) continue;
+    auto* dq = static_cast<Element*>(p.dq) + tile.offset(coord, p.dq_batch_stride, p.dq_axis_stride, p.dq_head_stride, h);
+    fmha::store_dq_row<Element, kHeadDim>(dq, ws.dq_accum + (row0 + r) * kHeadDim, r, p.scale, lane);
+  }
 }
 
 }  // namespace attnx::na

@@ -9,7 +9,8 @@ namespace attnx::na {
 
 template <typename Element, int kHeadDim>
 struct NaBwdConfig {
-  using Traits = fmha::FmhaBwdTraits<Element, kHeadDim, kNaBwdKvTokens, 2>;
+  // One staged dQ tile (the core's two plus the mask tables exceed the shared memory at D 128).
+  using Traits = fmha::FmhaBwdTraits<Element, kHeadDim, kNaBwdKvTokens, 2, 1>;
   static_assert(Traits::kBlockM == kNaBwdQTokens, "the plan's Q tile is the core's");
 };
 

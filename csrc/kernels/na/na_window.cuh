@@ -45,11 +45,18 @@ struct NaAxis {
 
 // The inverse view of an axis, for the backward (rows = keys, columns = queries): the queries
 // that see key j are [first(j), last(j)], empty when first > last. Since first(i) and last(i) of
-// NaAxis never decrease, {i : first(i) <= j <= last(i)} is one interval, found by two binary
-// searches (the backward evaluates it once per key and CTA, not per score).
+// NaAxis never decrease, {i : first(i) <= j <= last(i)} is one interval: closed forms for stride
+// 1, two binary searches for strided windows (evaluated once per key and CTA, not per score).
+// Stride 1, non-causal: first(i) = clamp(i - k/2, 0, n - k), so last(i) >= j iff
+// i >= j - k + 1 + k/2 (or j < k), and first(i) <= j iff i <= j + k/2 (or j >= n - k).
+// Stride 1, causal: [max(i - k + 1, 0), i] gives [j, j + k - 1].
 struct NaInverseAxis {
   NaAxis ax;
   CUTE_HOST_DEVICE int first(int j) const {  // min {i : last(i) >= j}; n if none
+    if (ax.s == 1) {
+      if (ax.causal) return j;
+      return j - ax.k + 1 <= 0 ? 0 : j - ax.k + 1 + ax.k / 2;
+    }
     int lo = 0, hi = ax.n;
     while (lo < hi) {
       const int mid = (lo + hi) >> 1;
@@ -59,6 +66,10 @@ struct NaInverseAxis {
     return lo;
   }
   CUTE_HOST_DEVICE int last(int j) const {  // max {i : first(i) <= j}; -1 if none
+    if (ax.s == 1) {
+      const int i = ax.causal ? j + ax.k - 1 : (j >= ax.n - ax.k ? ax.n - 1 : j + ax.k / 2);
+      return i < ax.n - 1 ? i : ax.n - 1;
+    }
     int lo = -1, hi = ax.n - 1;
     while (lo < hi) {
       const int mid = (lo + hi + 1) >> 1;
