@@ -14,6 +14,7 @@ import torch
 import attnx
 import attnx.reference
 from attnx import _native
+from attnx.ops.neighborhood import dilation_in_batch
 from conftest import names_arg, rel_err
 from test_gpu_attention import GRAD_TOL, LSE_TOL, OUT_TOL, built, poison_allocator
 
@@ -151,11 +152,37 @@ def test_na_reads_qkv_slices_in_place_and_copies_other_layouts():
     check(qt, kt, vt, (9, 7), torch.bfloat16)
 
 
-def test_na_dilation_runs_the_reference():
+def test_na_dilation_with_a_remainder_runs_the_reference():
     need(torch.bfloat16, 128)
-    q, k, v = (torch.randn(1, 24, 30, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(1, 25, 30, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     assert not _native.covers("neighborhood_attention", q, k, v, dilation=(2, 1))
+    assert not dilation_in_batch(q, k, v, (25, 30), (2, 1))  # 25 is not a multiple of 2
     check(q, k, v, (5, 7), torch.bfloat16, dilation=(2, 1))
+
+
+@pytest.mark.parametrize("dtype,d,spatial,kernel,dil,stride,causal", [
+    (torch.bfloat16, 128, (24, 30), (5, 7), (2, 1), (1, 1), (False, False)),
+    (torch.float16, 64, (4096,), (65,), (4,), (1,), (True,)),
+    (torch.bfloat16, 32, (12, 16, 18), (3, 4, 5), (2, 4, 3), (1, 2, 1), (False, True, False)),
+    (torch.float16, 128, (56, 56), (7, 7), (8, 8), (1, 1), (False, False)),  # DiNAT-style
+])
+def test_na_dilation_runs_native_with_groups_in_the_batch(dtype, d, spatial, kernel, dil, stride, causal):
+    need(dtype, d, backward=True)
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, *spatial, 2, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    assert dilation_in_batch(q, k, v, spatial, dil)
+    kw = dict(dilation=dil, stride=stride, is_causal=causal)
+    out, lse = attnx.neighborhood_attention(q, k, v, kernel, return_lse=True, **kw)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
+    ref_out, ref_lse = attnx.reference.neighborhood_attention(qf, kf, vf, kernel, return_lse=True, **kw)
+    ref_grads = torch.autograd.grad(ref_out, (qf, kf, vf), dout.float())
+    assert rel_err(out, ref_out) < OUT_TOL[dtype]
+    assert (lse - ref_lse).abs().max().item() < LSE_TOL
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert not torch.isnan(g).any(), name
+        assert rel_err(g, r) < GRAD_TOL[dtype], name
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "qkv_slices", "strided_dout"])

@@ -290,3 +290,23 @@ def test_na_chunked(which, monkeypatch):
     assert_close(lse, lse_ref, 1e-10, "lse")
     for a, b, n in zip(g, g0, ("dq", "dk", "dv")):
         assert_close(a, b, 1e-10, n)
+
+
+@pytest.mark.parametrize("spatial,ks,dil,st,ca", [
+    ((12,), (3,), (4,), (1,), (False,)),
+    ((8, 12), (3, 2), (2, 3), (1, 2), (False, True)),
+    ((4, 6, 9), (2, 3, 3), (2, 2, 3), (1, 1, 2), (True, False, False)),
+])
+def test_dilation_groups_in_the_batch_are_plain_na(spatial, ks, dil, st, ca):
+    """What the native dilated path computes: NA over the batch of dilation groups (no dilation),
+    moved back, is dilated NA; the moves invert each other."""
+    from attnx.ops.neighborhood import batch_to_groups, groups_to_batch
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, *spatial, 3, 8, dtype=torch.float64) for _ in range(3))
+    out, lse = attnx.reference.neighborhood_attention(q, k, v, ks, dilation=dil, stride=st, is_causal=ca,
+                                                      return_lse=True)
+    og, lg = attnx.reference.neighborhood_attention(*(groups_to_batch(x, dil) for x in (q, k, v)), ks, stride=st,
+                                                    is_causal=ca, return_lse=True)
+    assert torch.equal(batch_to_groups(groups_to_batch(q, dil), 2, spatial, dil), q)
+    assert torch.allclose(batch_to_groups(og, 2, spatial, dil), out, atol=1e-12)
+    assert torch.allclose(batch_to_groups(lg, 2, spatial, dil), lse, atol=1e-12)

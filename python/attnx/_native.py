@@ -138,8 +138,9 @@ def info() -> dict:
         elif name in ("neighborhood_attention", "neighborhood_attention_backward") and cuda == "native":
             prefix = "na_bwd" if name.endswith("_backward") else "na_fwd"
             cuda = ("native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix)))
-                    + " with dilation 1 (any kernel_size, stride, is_causal; 1-D to 3-D) on sm_90;"
-                    " dilation > 1: reference")
+                    + " (any kernel_size, stride, is_causal; 1-D to 3-D) on sm_90; dilation > 1 through the"
+                    " Python API: the same kernels with the dilation groups moved into the batch when every"
+                    " dilated axis is a multiple of its dilation, else the reference")
         elif name == "mla_decode" and cuda == "native":
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("mla_decode"))) \
                 + " (head dims 576/512, page 64, contiguous cache) on sm_90; reference otherwise"

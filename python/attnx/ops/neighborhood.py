@@ -28,6 +28,35 @@ def _tma_layout(x):
     return x if _native.aligned_16b(x) else x.contiguous()
 
 
+def groups_to_batch(x, dilation):
+    """[B, *spatial, *rest] -> [B * prod(dilation), *(n // d), *rest]: dilation group r of an axis
+    (positions p with p % d == r) becomes a batch entry whose axis holds positions p // d, so
+    dilated NA is plain NA on the result. Needs every n % d == 0; copies (reshape of a permute)."""
+    rank = len(dilation)
+    b, spatial, rest = x.shape[0], x.shape[1:1 + rank], x.shape[1 + rank:]
+    split = [b] + [m for n, d in zip(spatial, dilation) for m in (n // d, d)]
+    x = x.reshape(*split, *rest)
+    perm = [0] + [2 + 2 * a for a in range(rank)] + [1 + 2 * a for a in range(rank)]
+    perm += list(range(1 + 2 * rank, x.dim()))
+    return x.permute(perm).reshape(-1, *(n // d for n, d in zip(spatial, dilation)), *rest)
+
+
+def batch_to_groups(y, batch, spatial, dilation):
+    """The inverse of groups_to_batch."""
+    rank = len(dilation)
+    rest = y.shape[1 + rank:]
+    y = y.reshape(batch, *dilation, *(n // d for n, d in zip(spatial, dilation)), *rest)
+    perm = [0] + [i for a in range(rank) for i in (1 + rank + a, 1 + a)] + list(range(1 + 2 * rank, y.dim()))
+    return y.permute(perm).reshape(batch, *spatial, *rest)
+
+
+def dilation_in_batch(q, k, v, spatial, dilation) -> bool:
+    """Whether neighborhood_attention runs this dilated CUDA call on the native kernels, with the
+    dilation groups moved into the batch (every dilated axis a multiple of its dilation)."""
+    return (any(d > 1 for d in dilation) and all(n % d == 0 for n, d in zip(spatial, dilation))
+            and _native.covers("neighborhood_attention", q, k, v, dilation=(1,) * len(dilation)))
+
+
 def neighborhood_attention(q, k, v, kernel_size, *, dilation=1, stride=1, is_causal=False, scale=None,
                            return_lse=False):
     """Neighborhood attention (NATTEN's semantics) over q/k/v [B, *spatial, H, D], 1 to 3 spatial axes.
@@ -43,11 +72,19 @@ def neighborhood_attention(q, k, v, kernel_size, *, dilation=1, stride=1, is_cau
     tiles meeting its neighbourhoods (5-D TMA boxes straight from [B, *spatial, H, D], no
     permutation in memory) and masks inside partly visible tiles. Backward: each CTA owns a
     tile of 128 keys and walks the 64-query tiles that see them (dK, dV in registers, dQ
-    accumulated in float32). Tile shapes are the ones that visit the fewest tile pairs. Dilated
-    axes and other dtypes run the reference.
+    accumulated in float32). Tile shapes are the ones that visit the fewest tile pairs. Dilation
+    runs on the same kernels when every dilated axis is a multiple of its dilation: the dilation
+    groups move into the batch (one copy of q, k, v and of the outputs; autograd copies the
+    gradients back), where they are plain neighbourhoods. Other dilated problems and other
+    dtypes run the reference.
     """
     geom = ref.check_na(q, k, v, kernel_size, dilation, stride, is_causal)
-    _, ks, dil, st, ca = geom
+    spatial, ks, dil, st, ca = geom
+    if dilation_in_batch(q, k, v, spatial, dil):
+        qg, kg, vg = (groups_to_batch(x, dil) for x in (q, k, v))
+        out, lse = na_op(qg, kg, vg, list(ks), [1] * len(dil), list(st), list(ca), scale)
+        out, lse = (batch_to_groups(x, q.shape[0], spatial, dil) for x in (out, lse))
+        return (out, lse) if return_lse else out
     if _native.use_reference("neighborhood_attention", q, k, v, dilation=dil):
         out, lse = ref._NARef.apply(q, k, v, geom, scale)
     else:
