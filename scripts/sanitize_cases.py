@@ -61,8 +61,12 @@ for name in sorted(_native.instances()):
     k = torch.randn(1, lk, 2, hd, device="cuda", dtype=dtype)
     idx = torch.tensor([[[[2, 0, 9], [1, 0, 0]]]], dtype=torch.int32, device="cuda")  # 9: clamped junk
     cnt = torch.tensor([[[3, 0]]], dtype=torch.int32, device="cuda")
-    torch.ops.attnx.block_sparse_attention(q, k, k, idx, cnt, qb, kb, None)
-    ran.append(name + " (block-sparse)")
+    out, lse = torch.ops.attnx.block_sparse_attention(q, k, k, idx, cnt, qb, kb, None)
+    bwd = name.replace("fmha_fwd", "fmha_bwd") in _native.instances() and "--forward-only" not in sys.argv
+    if bwd:  # the same lists: the transposition clamps the junk id as the forward does
+        torch.ops.attnx.block_sparse_attention_backward(torch.randn_like(out), None, q, k, k, out, lse, idx, cnt,
+                                                        qb, kb, None)
+    ran.append(name + " (block-sparse" + (" + backward)" if bwd else ")"))
 
 for name in sorted(_native.instances()):
     if not name.startswith("mla_decode") or NA_BWD_ONLY:

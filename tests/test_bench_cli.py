@@ -45,7 +45,7 @@ def test_list(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     for fam in ("ceilings", "dense", "varlen", "dense_bwd", "varlen_bwd", "neighborhood", "neighborhood_bwd", "gna",
-                "mla", "pq_sparse"):
+                "gna_bwd", "mla", "pq_sparse"):
         assert f"  {fam}:" in out
     assert "    - " in out
     assert "ByteTransformer: " in out  # the varlen family's padded-vs-packed case

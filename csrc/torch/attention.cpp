@@ -80,39 +80,13 @@ std::tuple<Tensor, Tensor> block_sparse_attention_cuda(Tensor q, Tensor k, Tenso
   constexpr const char* kOp = "attnx::block_sparse_attention";
   check_qkv(kOp, q, k, v, 4);
   const int64_t B = q.size(0), Lq = q.size(1), Hq = q.size(2), D = q.size(3);
-  STD_TORCH_CHECK(k.size(0) == B, kOp, ": argument 'k' has shape ", shape_str(k), "; its batch must match 'q' ",
-                  shape_str(q));
-  STD_TORCH_CHECK(q_block > 0 && kv_block > 0, kOp, ": q_block and kv_block must be positive");
-  const int64_t num_q_tiles = (Lq + q_block - 1) / q_block;
-  for (auto [name, t, rank] : {std::tuple<const char*, const Tensor*, int64_t>{"kv_block_index", &kv_block_index, 4},
-                               std::tuple<const char*, const Tensor*, int64_t>{"kv_block_count", &kv_block_count, 3}}) {
-    STD_TORCH_CHECK(t->is_cuda() && t->get_device_index() == q.get_device_index() &&
-                        t->scalar_type() == ScalarType::Int && t->dim() == rank,
-                    kOp, ": argument '", name, "' must be an int32 tensor of rank ", rank, " on the device of 'q'");
-    STD_TORCH_CHECK((t->size(0) == 1 || t->size(0) == B) && (t->size(1) == 1 || t->size(1) == Hq) &&
-                        t->size(2) == num_q_tiles,
-                    kOp, ": argument '", name, "' has shape ", shape_str(*t), "; expected [B|1, H|1, ", num_q_tiles,
-                    ", ...]");
-  }
-  STD_TORCH_CHECK(kv_block_count.size(0) == kv_block_index.size(0) && kv_block_count.size(1) == kv_block_index.size(1),
-                  kOp, ": argument 'kv_block_count' must have the first three dims of 'kv_block_index'");
-  STD_TORCH_CHECK(kv_block_index.size(3) <= 1 || kv_block_index.stride(3) == 1, kOp,
-                  ": argument 'kv_block_index' needs a contiguous last dimension");
+  check_block_sparse_index(kOp, q, k, kv_block_index, kv_block_count, q_block, kv_block);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
   Tensor out = torch::stable::new_empty(q, {B, Lq, Hq, D});
   Tensor lse = torch::stable::new_empty(q, {B, Lq, Hq}, torch::headeronly::ScalarType::Float);
   fmha::FmhaFwdParams p = make_params(q, k, v, out, lse, scale);
   p.batch = static_cast<int>(B), p.seqlen_q = static_cast<int>(Lq), p.seqlen_k = static_cast<int>(k.size(1));
-  p.kv_block_index = static_cast<const int*>(kv_block_index.data_ptr());
-  p.kv_block_count = static_cast<const int*>(kv_block_count.data_ptr());
-  auto bstride = [](const Tensor& t, int d) { return t.size(d) == 1 ? int64_t(0) : t.stride(d); };
-  p.bs_index_batch_stride = bstride(kv_block_index, 0), p.bs_index_head_stride = bstride(kv_block_index, 1);
-  p.bs_index_tile_stride = kv_block_index.stride(2);
-  p.bs_count_batch_stride = bstride(kv_block_count, 0), p.bs_count_head_stride = bstride(kv_block_count, 1);
-  p.bs_count_tile_stride = kv_block_count.stride(2);
-  p.bs_max_count = static_cast<int>(kv_block_index.size(3));
-  p.bs_q_block = static_cast<int>(q_block), p.bs_kv_block = static_cast<int>(kv_block);
-  if (kv_block_index.size(3) == 0) p.bs_max_count = 0;
+  set_block_sparse(p, kv_block_index, kv_block_count, q_block, kv_block);
   run(kOp, p, q);
   return {out, lse};
 }

@@ -18,10 +18,17 @@
 namespace attnx::binding {
 namespace {
 
+// Block-sparse index tensors of the backward (checked by the caller).
+struct BlockSparseArgs {
+  const Tensor& index;
+  const Tensor& count;
+  int64_t q_block, kv_block;
+};
+
 std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std::optional<Tensor> dlse, Tensor q,
                                                 Tensor k, Tensor v, Tensor out, Tensor lse,
                                                 std::optional<double> scale, fmha::FmhaFwdParams shape_params,
-                                                int64_t rank) {
+                                                int64_t rank, const BlockSparseArgs* block_sparse = nullptr) {
   // q, k, v were checked by the caller (check_qkv).
   check_like(op, "out", out, q, "q");
   check_like(op, "dout", dout, q, "q");
@@ -59,6 +66,8 @@ std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std
   p.cu_seqlens_q = shape_params.cu_seqlens_q, p.cu_seqlens_k = shape_params.cu_seqlens_k;
   p.total_q = shape_params.total_q, p.total_k = shape_params.total_k;
   p.causal = shape_params.causal, p.window_left = shape_params.window_left, p.window_right = shape_params.window_right;
+  if (block_sparse != nullptr) set_block_sparse(p, block_sparse->index, block_sparse->count, block_sparse->q_block,
+                                                block_sparse->kv_block);
   p.dout = dout.data_ptr();
   p.do_row_stride = dout.stride(rank - 3), p.do_head_stride = dout.stride(rank - 2);
   p.dlse = dlse_c.has_value() ? static_cast<const float*>(dlse_c->data_ptr()) : nullptr;
@@ -73,10 +82,17 @@ std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std
   Tensor workspace = torch::stable::new_empty(q, {fmha::fmha_bwd_workspace_floats(p)}, ScalarType::Float);
   p.workspace = static_cast<float*>(workspace.data_ptr());
   p.ws_rows = fmha::fmha_bwd_ws_rows(p);
+  std::optional<Tensor> bs_lists;  // block-sparse: the transposed tile lists (fmha_bwd builds them)
+  if (p.kv_block_index != nullptr) {
+    bs_lists = torch::stable::new_empty(q, {std::max<int64_t>(fmha::fmha_bwd_bs_list_ints(p), 1)}, ScalarType::Int);
+    p.bs_lists = static_cast<int*>(bs_lists->data_ptr());
+  }
 
   const Status status = fmha::fmha_bwd(p, static_cast<cudaStream_t>(current_stream(op, q)));
   STD_TORCH_CHECK(status != Status::kUnsupported, op, ": no native backward for head dim ", p.head_dim,
-                  " and this dtype (built: ", fmha::built_instances(), ")");
+                  " and this dtype (built: ", fmha::built_instances(), ")",
+                  p.kv_block_index != nullptr ? " with these tiles (kv_block must be 128, q_block a multiple of 64)"
+                                              : "");
   check_launched(op, status);
   return {dq, dk, dv};
 }
@@ -114,10 +130,27 @@ std::tuple<Tensor, Tensor, Tensor> varlen_attention_backward_cuda(
   return run_backward(kOp, dout, dlse, q, k, v, out, lse, scale, s, 3);
 }
 
+// Block-sparse backward: the same kernel walking, per KV tile, the Q tiles whose forward list
+// holds it. Index tensors as the forward's (checked there; values are the Python API's business
+// and clamped by the kernels).
+std::tuple<Tensor, Tensor, Tensor> block_sparse_attention_backward_cuda(
+    Tensor dout, std::optional<Tensor> dlse, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
+    Tensor kv_block_index, Tensor kv_block_count, int64_t q_block, int64_t kv_block, std::optional<double> scale) {
+  constexpr const char* kOp = "attnx::block_sparse_attention_backward";
+  check_qkv(kOp, q, k, v, 4);
+  check_block_sparse_index(kOp, q, k, kv_block_index, kv_block_count, q_block, kv_block);
+  fmha::FmhaFwdParams s;
+  s.batch = static_cast<int>(q.size(0)), s.seqlen_q = static_cast<int>(q.size(1));
+  s.seqlen_k = static_cast<int>(k.size(1));
+  const BlockSparseArgs bs{kv_block_index, kv_block_count, q_block, kv_block};
+  return run_backward(kOp, dout, dlse, q, k, v, out, lse, scale, s, 4, &bs);
+}
+
 }  // namespace
 }  // namespace attnx::binding
 
 STABLE_TORCH_LIBRARY_IMPL(attnx, CUDA, m) {
   m.impl("attention_backward", TORCH_BOX(&attnx::binding::attention_backward_cuda));
   m.impl("varlen_attention_backward", TORCH_BOX(&attnx::binding::varlen_attention_backward_cuda));
+  m.impl("block_sparse_attention_backward", TORCH_BOX(&attnx::binding::block_sparse_attention_backward_cuda));
 }

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <optional>
+#include <tuple>
 #include <utility>
 
 #include "checks.h"
@@ -71,6 +72,45 @@ inline void check_like(const char* op, const char* arg, const Tensor& t, const T
                     shape_str(ref), " (that of '", ref_name, "')");
   STD_TORCH_CHECK(t.is_cuda() && t.get_device_index() == ref.get_device_index(), op, ": argument '", arg,
                   "' must be on the device of '", ref_name, "'");
+}
+
+// Block-sparse index tensors (forward and backward): int32 kv_block_index [B|1, H|1, Tq, M] and
+// kv_block_count [B|1, H|1, Tq] on q's device.
+inline void check_block_sparse_index(const char* op, const Tensor& q, const Tensor& k, const Tensor& kv_block_index,
+                                     const Tensor& kv_block_count, int64_t q_block, int64_t kv_block) {
+  const int64_t B = q.size(0), Lq = q.size(1), Hq = q.size(2);
+  STD_TORCH_CHECK(k.size(0) == B, op, ": argument 'k' has shape ", shape_str(k), "; its batch must match 'q' ",
+                  shape_str(q));
+  STD_TORCH_CHECK(q_block > 0 && kv_block > 0, op, ": q_block and kv_block must be positive");
+  const int64_t num_q_tiles = (Lq + q_block - 1) / q_block;
+  for (auto [name, t, rank] : {std::tuple<const char*, const Tensor*, int64_t>{"kv_block_index", &kv_block_index, 4},
+                               std::tuple<const char*, const Tensor*, int64_t>{"kv_block_count", &kv_block_count, 3}}) {
+    STD_TORCH_CHECK(t->is_cuda() && t->get_device_index() == q.get_device_index() &&
+                        t->scalar_type() == ScalarType::Int && t->dim() == rank,
+                    op, ": argument '", name, "' must be an int32 tensor of rank ", rank, " on the device of 'q'");
+    STD_TORCH_CHECK((t->size(0) == 1 || t->size(0) == B) && (t->size(1) == 1 || t->size(1) == Hq) &&
+                        t->size(2) == num_q_tiles,
+                    op, ": argument '", name, "' has shape ", shape_str(*t), "; expected [B|1, H|1, ", num_q_tiles,
+                    ", ...]");
+  }
+  STD_TORCH_CHECK(kv_block_count.size(0) == kv_block_index.size(0) && kv_block_count.size(1) == kv_block_index.size(1),
+                  op, ": argument 'kv_block_count' must have the first three dims of 'kv_block_index'");
+  STD_TORCH_CHECK(kv_block_index.size(3) <= 1 || kv_block_index.stride(3) == 1, op,
+                  ": argument 'kv_block_index' needs a contiguous last dimension");
+}
+
+// The bs_* fields of p from checked index tensors (a batch or head dim of 1 broadcasts: stride 0).
+inline void set_block_sparse(fmha::FmhaFwdParams& p, const Tensor& kv_block_index, const Tensor& kv_block_count,
+                             int64_t q_block, int64_t kv_block) {
+  p.kv_block_index = static_cast<const int*>(kv_block_index.data_ptr());
+  p.kv_block_count = static_cast<const int*>(kv_block_count.data_ptr());
+  auto bstride = [](const Tensor& t, int d) { return t.size(d) == 1 ? int64_t(0) : t.stride(d); };
+  p.bs_index_batch_stride = bstride(kv_block_index, 0), p.bs_index_head_stride = bstride(kv_block_index, 1);
+  p.bs_index_tile_stride = kv_block_index.stride(2);
+  p.bs_count_batch_stride = bstride(kv_block_count, 0), p.bs_count_head_stride = bstride(kv_block_count, 1);
+  p.bs_count_tile_stride = kv_block_count.stride(2);
+  p.bs_max_count = kv_block_index.size(3) == 0 ? 0 : static_cast<int>(kv_block_index.size(3));
+  p.bs_q_block = static_cast<int>(q_block), p.bs_kv_block = static_cast<int>(kv_block);
 }
 
 inline fmha::FmhaFwdParams make_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -87,7 +87,10 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=
     if op == "block_sparse_attention":  # q, k, v; the tiles must be the forward kernel's own
         tag = _DTYPE_TAG.get(q.dtype)
         d = q.shape[-1]
-        return (tag is not None and f"fmha_fwd_{tag}_hdim{d}" in _state["instances"] and _sm90(q.device)
+        needed = [f"fmha_fwd_{tag}_hdim{d}"]
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            needed.append(f"fmha_bwd_{tag}_hdim{d}")  # autograd will call the native backward
+        return (tag is not None and all(n in _state["instances"] for n in needed) and _sm90(q.device)
                 and v.shape[-1] == d and tiles is not None and tuple(tiles) == block_sparse_tiles(d)
                 and all(aligned_16b(x) for x in (q, k, v)))
     if op == "neighborhood_attention":  # q, k, v [B, *spatial, H, D]; dilated axes: reference
@@ -132,9 +135,9 @@ def info() -> dict:
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix))) \
                 + " on sm_90; reference otherwise"
         elif name == "block_sparse_attention" and cuda == "native":
-            cuda = ("native forward for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_fwd")))
-                    + " with (q_block, kv_block) = (128, 128), (192, 128) at head dim 64, on sm_90; backward and"
-                    " other tiles: reference")
+            cuda = ("native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("fmha_")))
+                    + " with (q_block, kv_block) = (128, 128), (192, 128) at head dim 64, on sm_90 (backward: the"
+                    " KV-tile-major kernel walking the transposed lists); other tiles: reference")
         elif name in ("neighborhood_attention", "neighborhood_attention_backward") and cuda == "native":
             prefix = "na_bwd" if name.endswith("_backward") else "na_fwd"
             cuda = ("native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix)))

@@ -27,6 +27,15 @@ inline int64_t fmha_bwd_workspace_floats(const FmhaFwdParams& p) {
   return fmha_bwd_ws_rows(p) * p.num_heads_q * (p.head_dim + 2);
 }
 
+// Block-sparse backward: ints of p.bs_lists (per (index batch, index head, KV tile) a count and a
+// list of backward Q tiles). Index tensors broadcast over batch / heads keep one list set.
+inline int64_t fmha_bwd_bs_list_ints(const FmhaFwdParams& p) {
+  if (p.kv_block_index == nullptr) return 0;
+  const int64_t bi = p.bs_index_batch_stride == 0 ? 1 : p.batch, hi = p.bs_index_head_stride == 0 ? 1 : p.num_heads_q;
+  const int64_t kv_tiles = (p.seqlen_k + 127) / 128, m_tiles = round_up_rows(p.seqlen_q) / kBwdBlockM;
+  return bi * hi * kv_tiles * (m_tiles + 1);
+}
+
 // Newline-separated names of the kernel instances compiled into this library
 // (e.g. "fmha_fwd_bf16_hdim128").
 const char* built_instances();

@@ -7,6 +7,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
+#include "block_sparse_bwd.cuh"
 #include "fmha_bwd_mainloop.cuh"
 #include "fmha_mask.cuh"
 
@@ -40,23 +41,16 @@ struct TransposedWindowMask {
   }
 };
 
-template <class Traits>
-__global__ void __launch_bounds__(Traits::kNumThreads, 1)
-    fmha_bwd_kernel(const __grid_constant__ FmhaBwdKernelParams<Traits> kp) {
+// One CTA's work once its walk is known (dense/packed: a range of Q tiles; block-sparse: lists).
+template <class Traits, class Walk>
+__device__ __forceinline__ void fmha_bwd_cta(const FmhaBwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
+                                             const VarlenBlockInfo& info, int batch, int n_block, int head_k,
+                                             const WindowMask<Traits::kBlockM, Traits::kBlockN>& mask,
+                                             const Walk& walk) {
   using Pipeline = typename Traits::Pipeline;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
-  extern __shared__ char smem_buf[];
-  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
   const FmhaBwdParams& p = kp.p;
-
-  const int num_n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;  // grid.x = (batch, KV tile)
-  const int n_block = blockIdx.x % num_n_blocks, batch = blockIdx.x / num_n_blocks, head_k = blockIdx.y;
-  const VarlenBlockInfo info(p, batch);
-  if (n_block * kBlockN >= info.seqlen_k) return;
-  const WindowMask<kBlockM, kBlockN> mask(info.seqlen_q, info.seqlen_k, p.window_left, p.window_right, p.causal);
-  BwdWalk walk{p.num_heads_q / p.num_heads_k, 0, 0, head_k, p.ws_rows, ws_row0(p, batch, info)};
-  mask.m_block_range(n_block, walk.m_min, walk.m_max);
   const bool has_work = walk.count() > 0;
 
   const int wg = threadIdx.x / 128;
@@ -91,6 +85,31 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                (int64_t)info.offset_k * p.dv_row_stride + (int64_t)head_k * p.dv_head_stride;
     store_dkv<Traits>(tdKrdK, coord, p.scale, dk, p.dk_row_stride, n_block * kBlockN, info.seqlen_k);
     store_dkv<Traits>(tdVrdV, coord, 1.f, dv, p.dv_row_stride, n_block * kBlockN, info.seqlen_k);
+  }
+}
+
+// kBlockSparse: the walk is the KV tile's list (block_sparse_bwd.cuh), else the range of Q tiles
+// whose rows see the tile (causal, windows).
+template <class Traits, bool kBlockSparse>
+__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+    fmha_bwd_kernel(const __grid_constant__ FmhaBwdKernelParams<Traits> kp) {
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  extern __shared__ char smem_buf[];
+  auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
+  const FmhaBwdParams& p = kp.p;
+
+  const int num_n_blocks = (p.seqlen_k + kBlockN - 1) / kBlockN;  // grid.x = (batch, KV tile)
+  const int n_block = blockIdx.x % num_n_blocks, batch = blockIdx.x / num_n_blocks, head_k = blockIdx.y;
+  const VarlenBlockInfo info(p, batch);
+  if (n_block * kBlockN >= info.seqlen_k) return;
+  const WindowMask<kBlockM, kBlockN> mask(info.seqlen_q, info.seqlen_k, p.window_left, p.window_right, p.causal);
+  if constexpr (kBlockSparse) {
+    fmha_bwd_cta<Traits>(kp, ss, info, batch, n_block, head_k, mask,
+                         BwdListWalk(p, batch, n_block, head_k, ws_row0(p, batch, info)));
+  } else {
+    BwdWalk walk{p.num_heads_q / p.num_heads_k, 0, 0, head_k, p.ws_rows, ws_row0(p, batch, info)};
+    mask.m_block_range(n_block, walk.m_min, walk.m_max);
+    fmha_bwd_cta<Traits>(kp, ss, info, batch, n_block, head_k, mask, walk);
   }
 }
 

@@ -50,7 +50,18 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
       mQ.shape(),
       mK.shape(),
   };
-  auto kernel = fmha_bwd_kernel<Traits>;
+  const bool block_sparse = p.kv_block_index != nullptr;
+  if (block_sparse) {
+    // The forward's tiles must be the backward's: KV tiles of kBlockN, Q tiles of whole 64-row steps.
+    if (packed || p.causal || p.window_left >= 0 || p.window_right >= 0 || p.bs_lists == nullptr ||
+        p.bs_kv_block != Traits::kBlockN || p.bs_q_block <= 0 || p.bs_q_block % kBwdBlockM != 0)
+      return Status::kUnsupported;
+    const BsListShape sh(p);
+    if (sh.sets() > 65535) return Status::kInvalidArgument;
+    const dim3 lists_grid((unsigned)((sh.kv_tiles + 127) / 128), (unsigned)sh.sets());
+    block_sparse_transpose_kernel<Traits::kBlockN><<<lists_grid, 128, 0, stream>>>(p);
+  }
+  auto kernel = block_sparse ? fmha_bwd_kernel<Traits, true> : fmha_bwd_kernel<Traits, false>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
     return Status::kCudaError;
   const dim3 grid((unsigned)(num_n_blocks * p.batch), p.num_heads_k);

@@ -50,10 +50,10 @@ struct BwdWalk {
   }
 };
 
-template <class Traits>
+template <class Traits, class Walk>
 __device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
                               typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do,
-                              const VarlenBlockInfo& info, int n_block, int head_k, const BwdWalk& walk) {
+                              const VarlenBlockInfo& info, int n_block, int head_k, const Walk& walk) {
   using BlockQ = Shape<typename Traits::BM, typename Traits::D>;
   using BlockKV = Shape<typename Traits::BN, typename Traits::D>;
   const FmhaBwdParams& p = kp.p;

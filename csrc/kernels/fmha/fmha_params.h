@@ -80,6 +80,10 @@ struct FmhaBwdParams : FmhaFwdParams {
   int64_t dv_batch_stride = 0, dv_row_stride = 0, dv_head_stride = 0;
   float* workspace = nullptr;
   int64_t ws_rows = 0;  // rows per head of the workspace arrays
+  // Block-sparse backward (kv_block_index set; dense layout): fmha_bwd turns the forward's lists
+  // (KV tiles per forward Q tile) into lists of the backward's 64-row Q tiles per KV tile, in this
+  // int32 workspace of fmha_bwd_bs_list_ints(p) (block_sparse_bwd.cuh).
+  int* bs_lists = nullptr;
 };
 
 }  // namespace attnx::fmha

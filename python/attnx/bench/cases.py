@@ -427,14 +427,14 @@ def neighborhood_bwd(ctx: Ctx) -> list:
     return [_na_bwd_case(ctx, spatial, ks, b, h, d) for spatial, ks in cfgs]
 
 
-def _na_bwd_case(ctx, spatial, kernel, b, h, d):
+def _na_bwd_case(ctx, spatial, kernel, b, h, d, stride=1, family="neighborhood_bwd"):
     """Backward of the neighborhood case. attnx: the forward op once per set (untimed), the timed call
     torch.ops.attnx.neighborhood_attention_backward(dout, None, ...). Peers: flex_attention's
     backward with the NA block mask, and SDPA's dense backward over all tokens (its 'attnx vs' is
     the NA backward's speedup over dense)."""
     rank = len(spatial)
-    kernel = _tup(kernel, rank)
-    dil, stride, causal_t = (1,) * rank, (1,) * rank, (False,) * rank
+    kernel, stride = _tup(kernel, rank), _tup(stride, rank)
+    dil, causal_t = (1,) * rank, (False,) * rank
     geom_args = (list(kernel), list(dil), list(stride), list(causal_t))
     tokens, keys = math.prod(spatial), math.prod(kernel)
     pairs = attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal_t)["attended_pairs"]
@@ -469,7 +469,7 @@ def _na_bwd_case(ctx, spatial, kernel, b, h, d):
                                                                    a["lse"], *geom_args, None)
         q, k, v = (x.detach().requires_grad_() for x in (a["q"], a["k"], a["v"]))  # as autograd would
         with torch.enable_grad():
-            out = attnx.neighborhood_attention(q, k, v, kernel)
+            out = attnx.neighborhood_attention(q, k, v, kernel, stride=stride)
         return torch.autograd.grad(out, (q, k, v), a["dout"])
 
     def expected(s):
@@ -482,15 +482,16 @@ def _na_bwd_case(ctx, spatial, kernel, b, h, d):
                            ref_seconds=ref_full, prepare=prepare),
                P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
                            spatial=spatial, name="flex (NA mask)", backward=True)]
-        if ctx.cuda:
+        if ctx.cuda and family == "neighborhood_bwd":
             out += [dataclasses.replace(p, output=None, check=False, flops=BWD_FLOP_FACTOR * attention_flops(
                         b, h, d, tokens * tokens), note="dense backward over all tokens")
                     for p in P.sdpa_bwd_peers(ctx, causal=False, keys=("q_flat", "k_flat", "v_flat", "dout_flat"))]
         return out
 
-    name = f"{rank}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)} H{h} D{d}" + (f" B{b}" if b > 1 else "")
+    name = f"{rank}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)}"
+    name += (f" s{_fmt_axes(stride)}" if any(x > 1 for x in stride) else "") + f" H{h} D{d}" + (f" B{b}" if b > 1 else "")
     sb = attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal_t)
-    return Case(family="neighborhood_bwd", name=name, make_set=make_set, impls=impls,
+    return Case(family=family, name=name, make_set=make_set, impls=impls,
                 set_bytes=4 * b * tokens * h * d * ctx.dtype.itemsize, expected=expected,
                 subset=lambda g: tuple(x[-1:, ..., h - hc:, :] for x in g), check_ref_seconds=ref_check,
                 flops=BWD_FLOP_FACTOR * attention_flops(b, h, d, pairs), dtype=ctx.dtype,
@@ -604,6 +605,76 @@ def _block_sparse_case(ctx, spatial, kernel, stride, tile, b, h, d):
                         "attended_pairs": visited_pairs, "na_attended_pairs": sb["attended_pairs"],
                         "plan_matches_simulator": int(count_np.sum()) == sb["visited_kv_tiles"],
                         "check_heads": hc, "reference_estimate_s": round(ref_full, 2)})
+
+
+def gna_bwd(ctx: Ctx) -> list:
+    strided, blocks, b, h, d = GNA[ctx.mode]
+    cases = [_na_bwd_case(ctx, sp, ks, b, h, d, stride=st, family="gna_bwd") for sp, ks, st in strided]
+    cases += [_block_sparse_bwd_case(ctx, sp, ks, st, tile, b, h, d) for sp, ks, st, tile in blocks]
+    return cases
+
+
+def _block_sparse_bwd_case(ctx, spatial, kernel, stride, tile, b, h, d):
+    """Backward of the block-sparse GNA case: the forward op once per set (untimed), the timed call
+    torch.ops.attnx.block_sparse_attention_backward(dout, None, ...). Peer: flex's backward."""
+    index_np, count_np, allowed_np = gna_plan(spatial, kernel, stride, tile)
+    tokens, block = math.prod(spatial), math.prod(tile)
+    nt = index_np.shape[0]
+    visited_pairs = int(count_np.sum()) * block * block
+    hc = _check_heads(ctx, h, cheap=False)
+    keys = index_np.shape[1] * block
+    ref_full = 3 * gathered_ref_seconds(b, tokens, tokens, h, keys, d, d, 3e-4, ctx.cuda)
+    ref_check = 3 * gathered_ref_seconds(1, tokens, tokens, hc, keys, d, d, 3e-4, ctx.cuda)
+    index = torch.from_numpy(index_np).to(ctx.device).view(1, 1, nt, -1)
+    count = torch.from_numpy(count_np).to(ctx.device).view(1, 1, nt)
+
+    def make_set(i):
+        return {n: randn((b, tokens, h, d), ctx) for n in ("q", "k", "v", "dout")}
+
+    def native(s):
+        return ctx.cuda and attnx._native.covers("block_sparse_attention", s["q"], s["k"], s["v"],
+                                                 tiles=(block, block)) and any(
+            i.startswith("fmha_bwd") and i.endswith(f"hdim{d}") for i in attnx._native.instances())
+
+    def prepare(s):
+        a = dict(s, op=not ctx.cuda or native(s))
+        if a["op"]:
+            a["out"], a["lse"] = torch.ops.attnx.block_sparse_attention(s["q"], s["k"], s["v"], index, count, block,
+                                                                        block, None)
+        return a
+
+    def run(a):
+        if a["op"]:
+            return torch.ops.attnx.block_sparse_attention_backward(a["dout"], None, a["q"], a["k"], a["v"], a["out"],
+                                                                   a["lse"], index, count, block, block, None)
+        q, k, v = (x.detach().requires_grad_() for x in (a["q"], a["k"], a["v"]))
+        with torch.enable_grad():
+            out = attnx.block_sparse_attention(q, k, v, index, count, q_block=block, kv_block=block)
+        return torch.autograd.grad(out, (q, k, v), a["dout"])
+
+    def expected(s):
+        q, k, v, do = (last_batch_heads(s[n], hc) for n in ("q", "k", "v", "dout"))
+        return attnx.reference.block_sparse.block_sparse_bwd(do, None, q, k, v, index, count, block, block, None)
+
+    def tile_mask(s):
+        allowed = torch.from_numpy(allowed_np.reshape(-1)).to(ctx.device)
+        return P.tile_mask_mod(allowed, nt, block, block)
+
+    def impls():
+        return [_attnx_impl(ctx, run, lambda s: "native" if native(s) else "reference", ref_seconds=ref_full,
+                            prepare=prepare),
+                P.flex_peer(ctx, tile_mask, tokens=tokens, block=block, name="flex (tile mask)", backward=True)]
+
+    name = (f"block-sparse {len(spatial)}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)} s{_fmt_axes(stride)} "
+            f"tile {_fmt_axes(tile)} H{h} D{d}")
+    return Case(family="gna_bwd", name=name, make_set=make_set, impls=impls,
+                set_bytes=4 * b * tokens * h * d * ctx.dtype.itemsize, expected=expected,
+                subset=lambda g: tuple(x[-1:, :, h - hc:, :] for x in g), check_ref_seconds=ref_check,
+                flops=BWD_FLOP_FACTOR * attention_flops(b, h, d, visited_pairs), dtype=ctx.dtype,
+                note=f"{count_np.sum() / nt:.1f} of {nt} KV tiles per Q tile",
+                params={"B": b, "spatial": spatial, "kernel_size": kernel, "stride": stride, "tile": tile,
+                        "H": h, "D": d, "attended_pairs": visited_pairs, "check_heads": hc, "pass": "backward",
+                        "flop_factor": BWD_FLOP_FACTOR, "reference_estimate_s": round(ref_full, 2)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -907,6 +978,7 @@ FAMILIES = {
     "neighborhood": (neighborhood, "attnx.neighborhood_attention vs flex (NA mask)"),
     "neighborhood_bwd": (neighborhood_bwd, "backward only: attnx NA backward vs flex (NA mask) backward"),
     "gna": (gna, "strided NA and attnx.block_sparse_attention over GNA tile plans vs flex"),
+    "gna_bwd": (gna_bwd, "backward only: strided NA and block-sparse GNA plans vs flex's backward"),
     "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),
     "pq_sparse": (pq_sparse, "attnx.sparse_attention / pq_sparse_attention vs dense SDPA"),
 }

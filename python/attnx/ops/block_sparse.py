@@ -32,9 +32,11 @@ def block_sparse_attention(q, k, v, kv_block_index, kv_block_count, *, q_block, 
     q/k/v [B, L, H, D]; tiles are runs of ``q_block`` / ``kv_block`` tokens; a batch or head dim
     of size 1 in the index tensors broadcasts. See :func:`attnx.reference.block_sparse_attention`.
 
-    On an H100 the forward runs natively (fp16/bf16, head dims 64/128) when the tiles are the
-    kernel's own, ``attnx._native.block_sparse_tiles(D)``: (128, 128), or (192, 128) at D = 64; the
-    backward and other tiles run the reference. The index values are checked once per pair of
+    On an H100 forward and backward run natively (fp16/bf16, head dims 64/128) when the tiles are
+    the kernel's own, ``attnx._native.block_sparse_tiles(D)``: (128, 128), or (192, 128) at D = 64.
+    The backward's CTAs own KV tiles and walk the 64-row Q tiles whose forward list holds them (the
+    lists are transposed on the GPU, in order, so dK and dV are deterministic). Other tiles run the
+    reference. The index values are checked once per pair of
     index tensors (a host sync) until either changes in place.
     """
     ref.check_block_sparse(q, k, v, kv_block_index, kv_block_count, q_block, kv_block, check_values=False)
