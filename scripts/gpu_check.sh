@@ -8,18 +8,22 @@
 # Logs go to $OUT (the device tool's output folder) or ./gpu_check_out.
 #   5. with --wheel [PATH]: the wheel (default: the newest dist/*.whl) installed into a fresh venv,
 #      checked (tests/test_wheel.py) and the GPU tests run against it, away from the source tree.
-#   scripts/gpu_check.sh [--no-bench] [--bench-args "..."] [--wheel [PATH]]
+#   scripts/gpu_check.sh [--no-bench] [--no-tests] [--bench-args "..."] [--wheel [PATH]]
+# A full run (tests, then the sanitizers with the racechecks) takes longer than one 600 s device
+# command: run `--no-bench` with the tests, then `--no-tests --no-bench` for the sanitizers.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 BENCH=1
+TESTS=1
 BENCH_ARGS="--quick"
 WHEEL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-bench) BENCH=0 ;;
+    --no-tests) TESTS=0 ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
     --wheel)
       if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then WHEEL="$2"; shift; else WHEEL="$(ls -t dist/attnx-*.whl 2>/dev/null | head -1)"; fi
@@ -47,10 +51,12 @@ python3 -c "import attnx, json; i = attnx.info(); print(json.dumps(i, indent=1, 
 note "native: $(python3 -c "import attnx; i = attnx.info(); print(i['native_library'] and 'loaded', i['native_instances'], i['native_error'] or '')" 2>&1 | tail -1)"
 
 # 2. tests
-python3 -m pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
-note "pytest: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py tests/test_gpu_varlen.py tests/test_gpu_mla.py tests/test_gpu_block_sparse.py tests/test_gpu_neighborhood.py > "$OUT/pytest_gpu.log" 2>&1
-note "pytest GPU kernels: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest_gpu.log" | tail -1)"
+if [ "$TESTS" = 1 ]; then
+  python3 -m pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
+  note "pytest: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
+  python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py tests/test_gpu_varlen.py tests/test_gpu_mla.py tests/test_gpu_block_sparse.py tests/test_gpu_neighborhood.py > "$OUT/pytest_gpu.log" 2>&1
+  note "pytest GPU kernels: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest_gpu.log" | tail -1)"
+fi
 
 # 3. sanitizer
 if command -v compute-sanitizer >/dev/null; then
