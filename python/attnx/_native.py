@@ -80,26 +80,26 @@ def block_sparse_tiles(head_dim: int) -> tuple:
     return (192, 128) if head_dim == 64 else (128, 128)
 
 
+def _built(family: str, q, k, v) -> bool:
+    """The forward instance `{family}_fwd` for q's dtype and head dim, plus `{family}_bwd` when
+    autograd will call the native backward (a grad-requiring input under grad mode)."""
+    tag = _DTYPE_TAG.get(q.dtype)
+    needed = [f"{family}_fwd_{tag}_hdim{q.shape[-1]}"]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        needed.append(f"{family}_bwd_{tag}_hdim{q.shape[-1]}")
+    return tag is not None and all(n in _state["instances"] for n in needed)
+
+
 def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=None) -> bool:
     """True if the native library has a kernel instance for this CUDA call."""
     if not q.is_cuda or not has_cuda_kernel(op):
         return False
     if op == "block_sparse_attention":  # q, k, v; the tiles must be the forward kernel's own
-        tag = _DTYPE_TAG.get(q.dtype)
         d = q.shape[-1]
-        needed = [f"fmha_fwd_{tag}_hdim{d}"]
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            needed.append(f"fmha_bwd_{tag}_hdim{d}")  # autograd will call the native backward
-        return (tag is not None and all(n in _state["instances"] for n in needed) and _sm90(q.device)
-                and v.shape[-1] == d and tiles is not None and tuple(tiles) == block_sparse_tiles(d)
+        return (_built("fmha", q, k, v) and _sm90(q.device) and v.shape[-1] == d and tiles is not None and tuple(tiles) == block_sparse_tiles(d)
                 and all(aligned_16b(x) for x in (q, k, v)))
     if op == "neighborhood_attention":  # q, k, v [B, *spatial, H, D]; dilated axes: reference
-        tag = _DTYPE_TAG.get(q.dtype)
-        needed = [f"na_fwd_{tag}_hdim{q.shape[-1]}"]
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            needed.append(f"na_bwd_{tag}_hdim{q.shape[-1]}")  # autograd will call the native backward
-        return (tag is not None and all(n in _state["instances"] for n in needed) and _sm90(q.device)
-                and k.shape == v.shape and v.shape[-1] == q.shape[-1] and k.dtype == q.dtype == v.dtype
+        return (_built("na", q, k, v) and _sm90(q.device) and k.shape == v.shape and v.shape[-1] == q.shape[-1] and k.dtype == q.dtype == v.dtype
                 and dilation is not None and all(d == 1 for d in dilation))
     if op == "mla_decode_metadata":
         return _sm90(q.device)
@@ -109,12 +109,7 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=
                 and q.shape[-1] == 576 and head_dim_v == 512 and k.shape[1] == 64 and k.dtype == q.dtype
                 and k.is_contiguous() and k.data_ptr() % 16 == 0)
     if op in ("attention", "varlen_attention"):
-        tag = _DTYPE_TAG.get(q.dtype)
-        needed = [f"fmha_fwd_{tag}_hdim{q.shape[-1]}"]
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-            needed.append(f"fmha_bwd_{tag}_hdim{q.shape[-1]}")  # autograd will call the native backward
-        return (tag is not None and v.shape[-1] == q.shape[-1] and _sm90(q.device)
-                and all(n in _state["instances"] for n in needed)
+        return (_built("fmha", q, k, v) and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and all(aligned_16b(x) for x in (q, k, v)))
     return True
 

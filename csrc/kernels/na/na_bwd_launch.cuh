@@ -15,15 +15,8 @@ namespace attnx::na {
 template <class Traits>
 Status run_na_bwd(const NaBwdParams& p, cudaStream_t stream) {
   using Element = typename Traits::Element;
-  int64_t tokens = 1;
-  for (int a = 0; a < kAxes; ++a) {
-    if (p.extent[a] < 0 || p.kernel_size[a] < 1 || p.stride[a] < 1 || p.stride[a] > p.kernel_size[a])
-      return Status::kInvalidArgument;
-    if (p.extent[a] > 0 && p.kernel_size[a] > p.extent[a]) return Status::kInvalidArgument;
-    tokens *= p.extent[a];
-  }
-  if (p.batch < 0 || p.num_heads_q < 0) return Status::kInvalidArgument;
-  if (p.batch == 0 || tokens == 0 || p.num_heads_q == 0) return Status::kSuccess;
+  bool empty = false;
+  if (const Status geometry = na_check_geometry(p, empty); geometry != Status::kSuccess || empty) return geometry;
   if (p.workspace == nullptr || p.num_heads_q > 65535 || (int64_t)p.batch * p.extent[0] >= (1LL << 31))
     return Status::kInvalidArgument;
 

@@ -40,15 +40,9 @@ Status na_fwd_tiles(const NaFwdParams& p, int (&q_tile)[kAxes], int (&kv_tile)[k
 
 template <class Traits>
 Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
-  int64_t tokens = 1, num_q_tiles = 1;
-  for (int a = 0; a < kAxes; ++a) {
-    if (p.extent[a] < 0 || p.kernel_size[a] < 1 || p.stride[a] < 1 || p.stride[a] > p.kernel_size[a])
-      return Status::kInvalidArgument;
-    if (p.extent[a] > 0 && p.kernel_size[a] > p.extent[a]) return Status::kInvalidArgument;
-    tokens *= p.extent[a];
-  }
-  if (p.batch < 0 || p.num_heads_q < 0) return Status::kInvalidArgument;
-  if (p.batch == 0 || tokens == 0 || p.num_heads_q == 0) return Status::kSuccess;
+  bool empty = false;
+  if (const Status geometry = na_check_geometry(p, empty); geometry != Status::kSuccess || empty) return geometry;
+  int64_t num_q_tiles = 1;
 
   NaFwdKernelParams<Traits> kp{};
   kp.p = p;

@@ -10,6 +10,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/cuda_host_adapter.hpp>
 
+#include "../common/cuda_check.h"
 #include "na_params.h"
 
 namespace attnx::na {
@@ -30,6 +31,21 @@ struct NaTmaBox {
 };
 
 inline bool is_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+// The launchers' shared check of sizes and windows: kInvalidArgument for impossible values,
+// kSuccess with empty = true when there is nothing to compute (no batch, token or head).
+inline Status na_check_geometry(const NaFwdParams& p, bool& empty) {
+  int64_t tokens = 1;
+  for (int a = 0; a < kAxes; ++a) {
+    if (p.extent[a] < 0 || p.kernel_size[a] < 1 || p.stride[a] < 1 || p.stride[a] > p.kernel_size[a])
+      return Status::kInvalidArgument;
+    if (p.extent[a] > 0 && p.kernel_size[a] > p.extent[a]) return Status::kInvalidArgument;
+    tokens *= p.extent[a];
+  }
+  if (p.batch < 0 || p.num_heads_q < 0) return Status::kInvalidArgument;
+  empty = p.batch == 0 || tokens == 0 || p.num_heads_q == 0;
+  return Status::kSuccess;
+}
 
 // The (chunk, axis 2, axis 1, batch x axis 0, head) view of a [B, X0, X1, X2, H, D] tensor. TMA
 // has at most five dimensions, so batch and axis 0 share one: their strides must chain

@@ -202,15 +202,15 @@ def _varlen_case(ctx, lens, nominal_max, h, d, causal, *, padded_peer=False, nam
 BWD_FLOP_FACTOR = 2.5
 
 
-def _fmha_bwd_native(ctx: Ctx, op: str, q, k, v) -> bool:
-    """True if ``op`` ("attention" / "varlen_attention") and its backward run attnx's native kernels
-    for these inputs (as attnx.attention decides for the forward, plus a built fmha_bwd instance)."""
+def _bwd_native(ctx: Ctx, op: str, q, k, v, **kw) -> bool:
+    """True if ``op`` and its backward run attnx's native kernels for these inputs: as the API
+    decides for the forward (``kw``: covers' extras), with the backward instance built too
+    (the set's tensors do not require grad, so covers alone would not ask for it)."""
     if not ctx.cuda:
         return False
-    nat = attnx._native
-    tag = nat._DTYPE_TAG.get(q.dtype)
-    return (nat.covers(op, q, k, v) and nat.has_cuda_kernel(f"{op}_backward")
-            and f"fmha_bwd_{tag}_hdim{q.shape[-1]}" in nat.instances())
+    with torch.enable_grad():
+        covered = attnx._native.covers(op, q.detach().requires_grad_(), k, v, **kw)
+    return covered and attnx._native.has_cuda_kernel(f"{op}_backward")
 
 
 def _ref_bwd_seconds(score_elems: float, d: int, blocks: int, cuda: bool) -> float:
@@ -237,7 +237,7 @@ def _dense_bwd_case(ctx, b, l, h, d, causal):
         return {n: randn((b, l, h, d), ctx) for n in ("q", "k", "v", "dout")}
 
     def native(s):
-        return _fmha_bwd_native(ctx, "attention", s["q"], s["k"], s["v"])
+        return _bwd_native(ctx, "attention", s["q"], s["k"], s["v"])
 
     def prepare(s):  # the forward, once per set, outside the timed region
         a = dict(s, op=not ctx.cuda or native(s))  # CPU: the ops run the reference
@@ -291,7 +291,7 @@ def _varlen_bwd_case(ctx, lens, nominal_max, h, d, causal):
         return s
 
     def native(s):
-        return _fmha_bwd_native(ctx, "varlen_attention", s["q"], s["k"], s["v"])
+        return _bwd_native(ctx, "varlen_attention", s["q"], s["k"], s["v"])
 
     def prepare(s):  # the forward, once per set, outside the timed region
         a = dict(s, op=not ctx.cuda or native(s))
@@ -450,12 +450,7 @@ def _na_bwd_case(ctx, spatial, kernel, b, h, d, stride=1, family="neighborhood_b
         return s
 
     def native(s):
-        if not ctx.cuda:
-            return False
-        nat = attnx._native
-        tag = nat._DTYPE_TAG.get(s["q"].dtype)
-        return (nat.covers("neighborhood_attention", s["q"], s["k"], s["v"], dilation=dil)
-                and f"na_bwd_{tag}_hdim{d}" in nat.instances())
+        return _bwd_native(ctx, "neighborhood_attention", s["q"], s["k"], s["v"], dilation=dil)
 
     def prepare(s):  # the forward, once per set, outside the timed region
         a = dict(s, op=not ctx.cuda or native(s))  # CPU: the ops run the reference
@@ -632,9 +627,7 @@ def _block_sparse_bwd_case(ctx, spatial, kernel, stride, tile, b, h, d):
         return {n: randn((b, tokens, h, d), ctx) for n in ("q", "k", "v", "dout")}
 
     def native(s):
-        return ctx.cuda and attnx._native.covers("block_sparse_attention", s["q"], s["k"], s["v"],
-                                                 tiles=(block, block)) and any(
-            i.startswith("fmha_bwd") and i.endswith(f"hdim{d}") for i in attnx._native.instances())
+        return _bwd_native(ctx, "block_sparse_attention", s["q"], s["k"], s["v"], tiles=(block, block))
 
     def prepare(s):
         a = dict(s, op=not ctx.cuda or native(s))
