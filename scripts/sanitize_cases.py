@@ -106,5 +106,22 @@ for name in sorted(_native.instances()):
             torch.ops.attnx.neighborhood_attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, k,
                                                             out, lse, ks, [1] * len(ks), st, ca, None)
     ran.append(name + (" (+ na_bwd)" if backward else ""))
+for name in sorted(_native.instances()):
+    if not name.startswith("sparse_fwd") or NA_BWD_ONLY:
+        continue  # sparse: empty slots and rows, junk indices (read as empty), GQA, k not a multiple of 32
+    tag, hd = name.split("_")[2], int(name.split("hdim")[1])
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
+    backward = name.replace("sparse_fwd", "sparse_bwd") in _native.instances()
+    for b, lq, lk, hq, hk, kk in [(1, 1, 1, 1, 1, 1), (2, 77, 131, 4, 2, 45), (1, 40, 9, 2, 1, 9)]:
+        q = torch.randn(b, lq, hq, hd, device="cuda", dtype=dtype)
+        k = torch.randn(b, lk, hk, hd, device="cuda", dtype=dtype)
+        idx = torch.rand(b, lq, hq, lk, device="cuda").argsort(dim=-1)[..., :kk].int()
+        idx[:, ::3, :, ::2] = -1
+        idx[:, 1::5, :, 0] = lk + 3  # junk: an empty slot to the kernels
+        out, lse = torch.ops.attnx.sparse_attention(q, k, k, idx, None)
+        if backward:
+            torch.ops.attnx.sparse_attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, k, out,
+                                                      lse, idx, None)
+    ran.append(name + (" (+ sparse_bwd)" if backward else ""))
 torch.cuda.synchronize()
 print("sanitize cases ran:", ", ".join(ran))

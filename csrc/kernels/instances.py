@@ -17,11 +17,12 @@ DTYPES = {"fp16": ("cutlass::half_t", "DType::kFloat16"), "bf16": ("cutlass::bfl
 # (family, dtype, head_dim)
 INSTANCES = ([(fam, dt, d) for fam in ("fmha_fwd", "fmha_bwd") for dt in ("fp16", "bf16") for d in (64, 128)]
              + [("mla_decode", dt, 576) for dt in ("fp16", "bf16")]
-             + [(fam, dt, d) for fam in ("na_fwd", "na_bwd") for dt in ("fp16", "bf16") for d in (32, 64, 128)])
+             + [(fam, dt, d) for fam in ("na_fwd", "na_bwd") for dt in ("fp16", "bf16") for d in (32, 64, 128)]
+             + [(fam, dt, d) for fam in ("sparse_fwd", "sparse_bwd") for dt in ("fp16", "bf16") for d in (64, 128)])
 SETS = {
     "all": INSTANCES,
     "ci": [("fmha_fwd", "bf16", 128), ("fmha_bwd", "bf16", 128), ("mla_decode", "bf16", 576), ("na_fwd", "bf16", 128),
-           ("na_bwd", "bf16", 128)],
+           ("na_bwd", "bf16", 128), ("sparse_fwd", "bf16", 64), ("sparse_bwd", "bf16", 64)],
 }
 
 
@@ -44,9 +45,13 @@ FAMILIES = {
                      "run_na_fwd<NaFwdConfig<{elem}, {d}>::Traits>(p, stream)"),
     "na_bwd": Family("na/na_bwd_launch.cuh", "na/na_api.h", "attnx::na", "NaBwdParams",
                      "run_na_bwd<NaBwdConfig<{elem}, {d}>::Traits>(p, stream)"),
+    "sparse_fwd": Family("sparse/sparse_launch.cuh", "sparse/sparse_api.h", "attnx::sparse", "SparseFwdParams",
+                         "run_sparse_fwd<{elem}, {d}>(p, stream)"),
+    "sparse_bwd": Family("sparse/sparse_launch.cuh", "sparse/sparse_api.h", "attnx::sparse", "SparseBwdParams",
+                         "run_sparse_bwd<{elem}, {d}>(p, stream)"),
 }
 # Sources every kernel set builds (not templated per instance).
-FIXED_SOURCES = ["mla/mla_metadata.cu", "na/na_bwd_plan.cu"]
+FIXED_SOURCES = ["mla/mla_metadata.cu", "na/na_bwd_plan.cu", "sparse/sparse_key_lists.cu"]
 
 
 def name(inst) -> str:

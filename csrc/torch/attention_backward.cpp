@@ -38,18 +38,8 @@ std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std
   STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Float, op, ": argument 'lse' must be float32");
   dout = tma_ready(dout);
   lse = torch::stable::contiguous(lse);
-  std::optional<Tensor> dlse_c;
-  if (dlse.has_value()) {
-    STD_TORCH_CHECK(dlse->scalar_type() == ScalarType::Float, op, ": argument 'dlse' must be float32");
-    check_like(op, "dlse", *dlse, lse, "lse");
-    dlse_c = torch::stable::contiguous(*dlse);
-  }
+  const std::optional<Tensor> dlse_c = checked_dlse(op, dlse, lse);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
-  auto sizes = [](const Tensor& t) {
-    std::vector<int64_t> s;
-    for (int64_t i = 0; i < t.dim(); ++i) s.push_back(t.size(i));
-    return s;
-  };
   Tensor dq = torch::stable::new_empty(q, sizes(q));
   Tensor dk = torch::stable::new_empty(k, sizes(k));
   Tensor dv = torch::stable::new_empty(v, sizes(v));

@@ -6,11 +6,19 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include <string>
+#include <vector>
 
 namespace attnx::binding {
 
 using torch::stable::Tensor;
 using torch::headeronly::ScalarType;
+
+// The sizes of t without its last drop_last dims.
+inline std::vector<int64_t> sizes(const Tensor& t, int64_t drop_last = 0) {
+  std::vector<int64_t> s;
+  for (int64_t i = 0; i + drop_last < t.dim(); ++i) s.push_back(t.size(i));
+  return s;
+}
 
 inline std::string shape_str(const Tensor& t) {
   std::string s = "[";

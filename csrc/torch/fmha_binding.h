@@ -24,6 +24,13 @@ inline void* current_stream(const char* op, const Tensor& t) {
   return stream;
 }
 
+inline int num_sms(const Tensor& t) {
+  int sms = 0;
+  STD_TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device_index()) == cudaSuccess,
+                  "attnx: could not query the device's SM count");
+  return sms;
+}
+
 // After a launch: a failure (kUnsupported is each op's own message, checked before) names the op
 // and the CUDA error.
 inline void check_launched(const char* op, Status status) {
@@ -72,6 +79,14 @@ inline void check_like(const char* op, const char* arg, const Tensor& t, const T
                     shape_str(ref), " (that of '", ref_name, "')");
   STD_TORCH_CHECK(t.is_cuda() && t.get_device_index() == ref.get_device_index(), op, ": argument '", arg,
                   "' must be on the device of '", ref_name, "'");
+}
+
+// Backward: the optional lse gradient, float32 and shaped like lse, made contiguous.
+inline std::optional<Tensor> checked_dlse(const char* op, const std::optional<Tensor>& dlse, const Tensor& lse) {
+  if (!dlse.has_value()) return std::nullopt;
+  STD_TORCH_CHECK(dlse->scalar_type() == ScalarType::Float, op, ": argument 'dlse' must be float32");
+  check_like(op, "dlse", *dlse, lse, "lse");
+  return torch::stable::contiguous(*dlse);
 }
 
 // Block-sparse index tensors (forward and backward): int32 kv_block_index [B|1, H|1, Tq, M] and

@@ -18,13 +18,6 @@
 namespace attnx::binding {
 namespace {
 
-int num_sms(const Tensor& t) {
-  int sms = 0;
-  STD_TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device_index()) == cudaSuccess,
-                  "attnx: could not query the device's SM count");
-  return sms;
-}
-
 void check_int32_vector(const char* op, const char* arg, const Tensor& t, const Tensor& like) {
   STD_TORCH_CHECK(t.is_cuda() && t.get_device_index() == like.get_device_index(), op, ": argument '", arg,
                   "' must be on the device of 'q'");

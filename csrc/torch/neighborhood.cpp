@@ -87,12 +87,6 @@ void na_strides(const Tensor& t, int64_t& batch, int64_t (&axis)[na::kAxes], int
   for (int a = 0; a < na::kAxes; ++a) axis[a] = a < na::kAxes - rank ? 0 : t.stride(1 + a - (na::kAxes - rank));
 }
 
-std::vector<int64_t> sizes(const Tensor& t, int64_t drop_last = 0) {
-  std::vector<int64_t> s;
-  for (int64_t i = 0; i + drop_last < t.dim(); ++i) s.push_back(t.size(i));
-  return s;
-}
-
 std::tuple<Tensor, Tensor> neighborhood_attention_cuda(Tensor q, Tensor k, Tensor v, std::vector<int64_t> kernel_size,
                                                        std::vector<int64_t> dilation, std::vector<int64_t> stride,
                                                        std::vector<bool> is_causal, std::optional<double> scale) {
@@ -144,12 +138,7 @@ std::tuple<Tensor, Tensor, Tensor> neighborhood_attention_backward_cuda(
                   ": argument 'lse' must be on the device of 'q'");
   dout = na_tma_ready(dout);
   lse = torch::stable::contiguous(lse);
-  std::optional<Tensor> dlse_c;
-  if (dlse.has_value()) {
-    STD_TORCH_CHECK(dlse->scalar_type() == ScalarType::Float, kBwdOp, ": argument 'dlse' must be float32");
-    check_like(kBwdOp, "dlse", *dlse, lse, "lse");
-    dlse_c = torch::stable::contiguous(*dlse);
-  }
+  const std::optional<Tensor> dlse_c = checked_dlse(kBwdOp, dlse, lse);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
   Tensor dq = torch::stable::new_empty(q, sizes(q));
   Tensor dk = torch::stable::new_empty(k, sizes(k));

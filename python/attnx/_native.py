@@ -108,6 +108,9 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=
         return (tag is not None and f"mla_decode_{tag}_hdim576" in _state["instances"] and _sm90(q.device)
                 and q.shape[-1] == 576 and head_dim_v == 512 and k.shape[1] == 64 and k.dtype == q.dtype
                 and k.is_contiguous() and k.data_ptr() % 16 == 0)
+    if op == "sparse_attention":  # gathers of 16-byte row pieces: the same alignment TMA needs
+        return (_built("sparse", q, k, v) and v.shape[-1] == q.shape[-1] and _sm90(q.device)
+                and all(aligned_16b(x) for x in (q, k, v)))
     if op in ("attention", "varlen_attention"):
         return (_built("fmha", q, k, v) and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and all(aligned_16b(x) for x in (q, k, v)))
@@ -142,6 +145,10 @@ def info() -> dict:
         elif name == "mla_decode" and cuda == "native":
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("mla_decode"))) \
                 + " (head dims 576/512, page 64, contiguous cache) on sm_90; reference otherwise"
+        elif name in ("sparse_attention", "sparse_attention_backward") and cuda == "native":
+            prefix = "sparse_bwd" if name.endswith("_backward") else "sparse_fwd"
+            cuda = ("native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix)))
+                    + " (Dv = D) on sm_90; reference otherwise")
         elif name == "mla_decode_metadata" and cuda == "native":
             cuda = "native (GPU planner) on sm_90; reference otherwise"
         ops[name] = {"family": family, "cpu": "reference", "cuda": cuda}

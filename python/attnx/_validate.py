@@ -6,12 +6,18 @@ values, unless the docstring says otherwise, so they are free under torch.compil
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 REFERENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def debug_checks() -> bool:
+    """ATTNX_DEBUG=1 turns on the value checks that cost a sort or a full scan per call."""
+    return os.environ.get("ATTNX_DEBUG", "") not in ("", "0")
 
 
 def fail(arg: str, given, allowed: str):

@@ -910,7 +910,65 @@ def pq_sparse(ctx: Ctx) -> list:
                                    ref_seconds=ref_full, note="codebook fitted beforehand")] + peers(),
         set_bytes=set_bytes, expected=expected_layer, subset=lambda o: o[-1:], flops=sparse_flops, dtype=ctx.dtype,
         params=dict(params), note="TFLOP/s counts the attention over the selected keys only")
-    return [sparse_case, layer_case]
+    return [sparse_case, layer_case] + [_sparse_train_case(ctx, *PQ_TRAIN[ctx.mode])]
+
+
+# The issue's training case: L 16384, H 16, D 64, k = L/32, forward + backward of sparse_attention
+# through autograd, against SDPA's forward + backward over all L keys. Lists: distinct random keys
+# per query (no locality between neighbouring queries: the gathers' worst case).
+PQ_TRAIN = {"full": (1, 16384, 16, 64, 512), "quick": (1, 4096, 16, 64, 128), "cpu": (1, 256, 2, 64, 8),
+            "cpu-quick": (1, 128, 2, 64, 4)}
+
+
+def random_key_lists(b, lq, h, lk, k_top, device, chunk_elems=1 << 28):
+    """int32 [b, lq, h, k_top]: k_top distinct uniformly random keys per (query, head)."""
+    out = torch.empty(b, lq, h, k_top, dtype=torch.int32, device=device)
+    rows = max(1, chunk_elems // max(1, h * lk))
+    for bi in range(b):
+        for s in range(0, lq, rows):
+            e = min(lq, s + rows)
+            out[bi, s:e] = torch.rand(e - s, h, lk, device=device).topk(k_top, dim=-1).indices.int()
+    return out
+
+
+def _sparse_train_case(ctx, b, l, h, d, k_top):
+    hc = _check_heads(ctx, h, cheap=False)
+    pairs = l * k_top
+    ref_full = 3 * gathered_ref_seconds(b, l, l, h, k_top, d, d, 3e-4, ctx.cuda)
+    ref_check = 3 * gathered_ref_seconds(1, l, l, hc, k_top, d, d, 3e-4, ctx.cuda)
+
+    def make_set(i):
+        s = {n: randn((b, l, h, d), ctx) for n in ("q", "k", "v", "dout")}
+        s["indices"] = random_key_lists(b, l, h, l, k_top, ctx.device)
+        return s
+
+    def prepare(s):
+        return dict(s, leaves=tuple(x.detach().requires_grad_() for x in (s["q"], s["k"], s["v"])))
+
+    def run(a):
+        with torch.enable_grad():
+            out = attnx.sparse_attention(*a["leaves"], a["indices"])
+            return torch.autograd.grad(out, a["leaves"], a["dout"])
+
+    def expected(s):
+        q, k, v, do = (last_batch_heads(s[n], hc) for n in ("q", "k", "v", "dout"))
+        idx = s["indices"][-1:, :, h - hc:].contiguous()
+        return attnx.reference.sparse.sparse_bwd(do, None, q, k, v, idx, None)
+
+    def impls():
+        return ([_attnx_impl(ctx, run, lambda s: "native" if _bwd_native(ctx, "sparse_attention", s["q"], s["k"],
+                                                                          s["v"]) else "reference",
+                             ref_seconds=ref_full, prepare=prepare, note="random lists, value check included")]
+                + P.sdpa_train_peers(ctx, causal=False, flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, l * l),
+                                     note="dense attention over all L keys"))
+
+    return Case(family="pq_sparse", name=f"sparse_attention fwd+bwd L{l} H{h} D{d} k{k_top}", make_set=make_set,
+                impls=impls, set_bytes=4 * b * l * h * d * ctx.dtype.itemsize + b * l * h * k_top * 4,
+                expected=expected, subset=lambda g: tuple(x[-1:, :, h - hc:, :] for x in g), check_ref_seconds=ref_check,
+                flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, pairs), dtype=ctx.dtype,
+                note="TFLOP/s of the sparse row counts the L*k attended pairs",
+                params={"B": b, "L": l, "H": h, "D": d, "k_top": k_top, "attended_pairs": pairs, "check_heads": hc,
+                        "pass": "forward+backward", "reference_estimate_s": round(ref_full, 2)})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,25 +51,32 @@ def _sdpa_call(name: str, backend, q, k, v, causal: bool):
         raise
 
 
+class _Backend:
+    """The SDPBackend peer ``name`` forces, resolved in the peer's setup (so an unavailable backend
+    reads as n/a); None for "sdpa" (CPU: the default dispatch)."""
+
+    def __init__(self, name: str):
+        self.name, self.value = name, None
+
+    def setup(self, _):
+        if self.name != "sdpa":
+            self.value = _sdpa_backend(self.name)
+
+
 def sdpa_peer(ctx: Ctx, name: str, *, causal: bool, keys=("q", "k", "v"), flops=None, note="",
               check: bool = True) -> Impl:
     """SDPA on [B, H, L, D] copies of the set's q/k/v; ``name`` picks the backend (CPU: the default one)."""
     qn, kn, vn = keys
-    backend = None
-
-    def setup(_):
-        nonlocal backend
-        if name != "sdpa":
-            backend = _sdpa_backend(name)
+    backend = _Backend(name)
 
     def prepare(s):
         return _bhld(s[qn]), _bhld(s[kn]), _bhld(s[vn])
 
     def run(a):
         q, k, v = a
-        return _sdpa_call(name, backend, q, k, v, causal)
+        return _sdpa_call(name, backend.value, q, k, v, causal)
 
-    return Impl(name=name, run=run, prepare=prepare, output=lambda o: o.transpose(1, 2), setup=setup,
+    return Impl(name=name, run=run, prepare=prepare, output=lambda o: o.transpose(1, 2), setup=backend.setup,
                 kernel="peer", flops=flops, note=note, check=check)
 
 
@@ -100,26 +107,44 @@ def sdpa_bwd_peer(ctx: Ctx, name: str, *, causal: bool, keys=("q", "k", "v", "do
     CPU: the default one) on [B, H, L, D] copies of the set's q/k/v (leaves requiring grad) with
     the set's dout [B, L, H, D]. Returns (dq, dk, dv) in [B, L, H, D]."""
     qn, kn, vn, don = keys
-    backend = None
-
-    def setup(_):
-        nonlocal backend
-        if name != "sdpa":
-            backend = _sdpa_backend(name)
+    backend = _Backend(name)
 
     def prepare(s):
         q, k, v = (_leaf(_bhld(s[n])) for n in (qn, kn, vn))
         with torch.enable_grad():
-            out = _sdpa_call(name, backend, q, k, v, causal)
+            out = _sdpa_call(name, backend.value, q, k, v, causal)
         return _grad_inputs(out, (q, k, v), s[don].transpose(1, 2))
 
     return Impl(name=name, run=_grad_run, prepare=prepare, output=lambda g: tuple(x.transpose(1, 2) for x in g),
-                setup=setup, kernel="peer", note=note)
+                setup=backend.setup, kernel="peer", note=note)
 
 
 def sdpa_bwd_peers(ctx: Ctx, *, causal: bool, keys=("q", "k", "v", "dout"), note="") -> list:
     names = list(SDPA_BACKENDS) if ctx.cuda else ["sdpa"]
     return [sdpa_bwd_peer(ctx, n, causal=causal, keys=keys, note=note) for n in names]
+
+
+def sdpa_train_peers(ctx: Ctx, *, causal: bool, keys=("q", "k", "v", "dout"), flops=None, note="") -> list:
+    """Forward + backward of SDPA in one timed call (a training step's attention): the forward on
+    [B, H, L, D] leaves, then torch.autograd.grad with the set's dout. Returns (dq, dk, dv) in
+    [B, L, H, D]."""
+    qn, kn, vn, don = keys
+
+    def make(name):
+        backend = _Backend(name)
+
+        def prepare(s):
+            return {"inputs": tuple(_leaf(_bhld(s[n])) for n in (qn, kn, vn)), "dout": _bhld(s[don])}
+
+        def run(a):
+            with torch.enable_grad():
+                out = _sdpa_call(name, backend.value, *a["inputs"], causal)
+                return torch.autograd.grad(out, a["inputs"], a["dout"])
+
+        return Impl(name=name, run=run, prepare=prepare, output=lambda g: tuple(x.transpose(1, 2) for x in g),
+                    setup=backend.setup, kernel="peer", flops=flops, note=note, check=False)
+
+    return [make(n) for n in (list(SDPA_BACKENDS) if ctx.cuda else ["sdpa"])]
 
 
 # ----------------------------------------------------------------------------------------------

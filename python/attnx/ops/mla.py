@@ -1,11 +1,10 @@
 """MLA decode over a paged latent KV cache: ops and public API."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .. import _native
+from .. import _validate as V
 from .._checked_once import CheckedOnce
 from ..reference import mla as ref
 from ..reference._core import lse_dtype
@@ -55,10 +54,6 @@ def mla_decode_metadata(cache_seqlens, num_q_heads, num_kv_heads=1, q_len=1):
 _values_checked = CheckedOnce()
 
 
-def _debug() -> bool:
-    return os.environ.get("ATTNX_DEBUG", "") not in ("", "0")
-
-
 def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale=None, causal=False, metadata=None):
     """DeepSeek MLA decode: q [B, s_q, Hq, 576], kv_cache [num_blocks, 64, Hk, 576] -> (out, lse).
 
@@ -75,7 +70,7 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale
     if _native.use_reference("mla_decode", q, kv_cache, head_dim_v=head_dim_v):
         return _decode_impl(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, bool(causal), None, None)
     if q.is_cuda and not torch.compiler.is_compiling():
-        debug = _debug()
+        debug = V.debug_checks()
         _values_checked((cache_seqlens, block_table), (tuple(kv_cache.shape), debug),
                         lambda: ref.check_mla_values(kv_cache, block_table, cache_seqlens, check_pages=debug))
         if not _native.aligned_16b(q):

@@ -5,7 +5,7 @@ import torch
 
 from ..reference import pq as ref
 from ._registry import define
-from .sparse import sparse_op
+from .sparse import sparse_call
 
 FAMILY = "pq_sparse"
 
@@ -33,7 +33,7 @@ def _pq_sparse_impl(q, k, v, k_top, centroids, causal, scale, num_subspaces, num
     if centroids is None:
         centroids = fit_op(kd, num_subspaces, num_centroids, 10, 0)
     idx = topk_op(q.detach(), encode_op(kd, centroids), centroids, k_top, causal)
-    return sparse_op(q, k, v, idx, scale)
+    return sparse_call(q, k, v, idx, scale, trusted=True)
 
 
 define("pq_sparse_attention",

@@ -21,10 +21,19 @@ def check_sparse(q, k, v, indices, *, check_values: bool = True):
         V.fail("indices", f"shape {tuple(indices.shape)}", f"[B, Lq, H, k] with [B, Lq, H] = {tuple(q.shape[:3])}")
     if indices.device != q.device:
         V.fail("indices", f"device {indices.device}", f"the device of 'q' ({q.device})")
-    if check_values and indices.numel():
-        lo, hi = int(indices.min()), int(indices.max())
-        if lo < -1 or hi >= k.shape[1]:
-            V.fail("indices", f"values in [{lo}, {hi}]", f"-1 (empty) or key positions in [0, {k.shape[1]})")
+    if check_values:
+        check_sparse_values(k, indices)
+
+
+def check_sparse_values(k, indices, *, duplicates: bool = True):
+    """Index values: -1 or a key position in [0, Lk) (one min/max: a host sync on CUDA) and, with
+    ``duplicates``, no key listed twice in a row (a sort)."""
+    if not indices.numel():
+        return
+    lo, hi = (int(x) for x in torch.aminmax(indices))
+    if lo < -1 or hi >= k.shape[1]:
+        V.fail("indices", f"values in [{lo}, {hi}]", f"-1 (empty) or key positions in [0, {k.shape[1]})")
+    if duplicates:
         srt = indices.sort(dim=-1).values
         dup = (srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)
         if bool(dup.any()):

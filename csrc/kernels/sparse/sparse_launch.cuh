@@ -1,0 +1,59 @@
+// Host launchers of the sparse-attention kernels for one (element type, head dim) instance.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "sparse_api.h"
+#include "sparse_bwd_dkdv_kernel.cuh"
+#include "sparse_bwd_dq_kernel.cuh"
+#include "sparse_fwd_kernel.cuh"
+
+namespace attnx::sparse {
+
+constexpr int kRowWarps = 8;  // query rows (warps) per block of the forward and dQ kernels
+
+inline bool row_grid(const SparseFwdParams& p, dim3& grid) {
+  grid = dim3((p.seqlen_q + kRowWarps - 1) / kRowWarps, p.num_heads_q, p.batch);
+  return p.num_heads_q <= 65535 && p.batch <= 65535;
+}
+
+template <class Elem, int D>
+Status run_sparse_fwd(const SparseFwdParams& p, cudaStream_t stream) {
+  dim3 grid;
+  if (!row_grid(p, grid)) return Status::kInvalidArgument;
+  if (grid.x * grid.y * grid.z == 0) return Status::kSuccess;
+  sparse_fwd_kernel<Elem, D, kRowWarps><<<grid, kRowWarps * 32, 0, stream>>>(p);
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+template <class Elem, int D>
+Status run_sparse_bwd(const SparseBwdParams& p, cudaStream_t stream) {
+  dim3 grid;
+  if (!row_grid(p, grid) || p.num_heads_k > 65535) return Status::kInvalidArgument;
+  if (int64_t(p.seqlen_q) * (p.num_heads_q / p.num_heads_k) * p.topk >= (int64_t(1) << 31))
+    return Status::kInvalidArgument;  // 32-bit list offsets
+  const int64_t warp_bytes = 4 * dkdv_warp_smem_words(p);
+  constexpr int64_t kSmemBudget = 200 * 1024;
+  const int dkdv_warps = static_cast<int>(std::min<int64_t>(8, kSmemBudget / warp_bytes));
+  if (dkdv_warps < 1) return Status::kInvalidArgument;  // the query bitmap does not fit shared memory
+  const SparseBwdWorkspace ws = SparseBwdWorkspace::carve(p);
+
+  Status st = sparse_build_key_lists(p, stream);
+  if (st != Status::kSuccess) return st;
+  if (grid.x * grid.y * grid.z > 0)
+    sparse_bwd_dq_kernel<Elem, D, kRowWarps><<<grid, kRowWarps * 32, 0, stream>>>(p, ws.row_stats);
+  const dim3 kgrid((p.seqlen_k + dkdv_warps - 1) / dkdv_warps, p.num_heads_k, p.batch);
+  if (kgrid.x * kgrid.y * kgrid.z > 0) {
+    const int smem = static_cast<int>(dkdv_warps * warp_bytes);
+    auto kernel = sparse_bwd_dkdv_kernel<Elem, D>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+      return Status::kCudaError;
+    const int bitmap_words = static_cast<int>(dkdv_warp_smem_words(p) - kQueryBuffer);
+    kernel<<<kgrid, dkdv_warps * 32, smem, stream>>>(p, ws, bitmap_words);
+  }
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+}  // namespace attnx::sparse

@@ -1,0 +1,131 @@
+// Stable-ABI bindings of sparse attention: CUDA kernels for the attnx::sparse_attention and
+// attnx::sparse_attention_backward schemas (defined in python/attnx/ops/sparse.py).
+//
+// Index values are the Python API's business (range always, duplicates under ATTNX_DEBUG): the
+// kernels treat any value outside [0, Lk) as an empty slot, so none can make them access memory
+// out of bounds.
+#include <cuda_runtime.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "fmha_binding.h"
+#include "sparse/sparse_api.h"
+
+namespace attnx::binding {
+namespace {
+
+void check_indices(const char* op, const Tensor& q, const Tensor& indices) {
+  STD_TORCH_CHECK(indices.is_cuda() && indices.get_device_index() == q.get_device_index(), op,
+                  ": argument 'indices' must be on the device of 'q'");
+  STD_TORCH_CHECK(indices.scalar_type() == ScalarType::Int && indices.dim() == 4 && indices.size(0) == q.size(0) &&
+                      indices.size(1) == q.size(1) && indices.size(2) == q.size(2),
+                  op, ": argument 'indices' must be int32 [B, Lq, H, k] with [B, Lq, H] of 'q' ", shape_str(q),
+                  "; got shape ", shape_str(indices));
+  STD_TORCH_CHECK(indices.size(3) <= 1 || indices.stride(3) == 1, op,
+                  ": argument 'indices' needs a contiguous last dimension");
+  STD_TORCH_CHECK(indices.size(3) < (1LL << 24), op, ": argument 'indices' has ", indices.size(3),
+                  " slots per row; allowed: fewer than 2^24");
+}
+
+sparse::SparseFwdParams make_fwd_params(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& indices,
+                                        const Tensor& out, const Tensor& lse, std::optional<double> scale) {
+  sparse::SparseFwdParams p;
+  p.dtype = q.scalar_type() == ScalarType::Half ? sparse::DType::kFloat16 : sparse::DType::kBFloat16;
+  p.head_dim = static_cast<int>(q.size(3));
+  p.batch = static_cast<int>(q.size(0)), p.seqlen_q = static_cast<int>(q.size(1));
+  p.seqlen_k = static_cast<int>(k.size(1));
+  p.num_heads_q = static_cast<int>(q.size(2)), p.num_heads_k = static_cast<int>(k.size(2));
+  p.topk = static_cast<int>(indices.size(3));
+  p.scale = static_cast<float>(scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))));
+  p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr();
+  p.q_batch_stride = q.stride(0), p.q_row_stride = q.stride(1), p.q_head_stride = q.stride(2);
+  p.k_batch_stride = k.stride(0), p.k_row_stride = k.stride(1), p.k_head_stride = k.stride(2);
+  p.v_batch_stride = v.stride(0), p.v_row_stride = v.stride(1), p.v_head_stride = v.stride(2);
+  p.indices = static_cast<const int*>(indices.data_ptr());
+  p.idx_batch_stride = indices.stride(0), p.idx_row_stride = indices.stride(1), p.idx_head_stride = indices.stride(2);
+  p.out = out.data_ptr();
+  p.o_batch_stride = out.stride(0), p.o_row_stride = out.stride(1), p.o_head_stride = out.stride(2);
+  p.lse = static_cast<float*>(lse.data_ptr());
+  return p;
+}
+
+void check_unsupported(const char* op, Status status, int64_t head_dim) {
+  STD_TORCH_CHECK(status != Status::kUnsupported, op, ": no native kernel for head dim ", head_dim,
+                  " and this dtype (built: ", fmha::built_instances(), "); the Python API runs the reference for it");
+}
+
+std::tuple<Tensor, Tensor> sparse_attention_cuda(Tensor q, Tensor k, Tensor v, Tensor indices,
+                                                 std::optional<double> scale) {
+  constexpr const char* kOp = "attnx::sparse_attention";
+  check_qkv(kOp, q, k, v, 4);
+  STD_TORCH_CHECK(k.size(0) == q.size(0), kOp, ": argument 'k' has shape ", shape_str(k),
+                  "; its batch must match 'q' ", shape_str(q));
+  check_indices(kOp, q, indices);
+  torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
+  Tensor out = torch::stable::new_empty(q, sizes(q));
+  Tensor lse = torch::stable::new_empty(q, {q.size(0), q.size(1), q.size(2)}, ScalarType::Float);
+  const sparse::SparseFwdParams p = make_fwd_params(q, k, v, indices, out, lse, scale);
+  const Status status = sparse::sparse_fwd(p, static_cast<cudaStream_t>(current_stream(kOp, q)));
+  check_unsupported(kOp, status, p.head_dim);
+  check_launched(kOp, status);
+  return {out, lse};
+}
+
+std::tuple<Tensor, Tensor, Tensor> sparse_attention_backward_cuda(Tensor dout, std::optional<Tensor> dlse, Tensor q,
+                                                                  Tensor k, Tensor v, Tensor out, Tensor lse,
+                                                                  Tensor indices, std::optional<double> scale) {
+  constexpr const char* kOp = "attnx::sparse_attention_backward";
+  check_qkv(kOp, q, k, v, 4);
+  check_indices(kOp, q, indices);
+  check_like(kOp, "out", out, q, "q");
+  check_like(kOp, "dout", dout, q, "q");
+  STD_TORCH_CHECK(out.scalar_type() == q.scalar_type() && dout.scalar_type() == q.scalar_type(), kOp,
+                  ": arguments 'out' and 'dout' must have the dtype of 'q'");
+  STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Float, kOp, ": argument 'lse' must be float32");
+  out = tma_ready(out);  // 16-byte row loads need the same views TMA does
+  dout = tma_ready(dout);
+  lse = torch::stable::contiguous(lse);
+  const std::optional<Tensor> dlse_c = checked_dlse(kOp, dlse, lse);
+  torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
+  Tensor dq = torch::stable::new_empty(q, sizes(q));
+  Tensor dk = torch::stable::new_empty(k, sizes(k));
+  Tensor dv = torch::stable::new_empty(v, sizes(v));
+
+  sparse::SparseBwdParams p;
+  static_cast<sparse::SparseFwdParams&>(p) = make_fwd_params(q, k, v, indices, out, lse, scale);
+  p.dout = dout.data_ptr();
+  p.do_batch_stride = dout.stride(0), p.do_row_stride = dout.stride(1), p.do_head_stride = dout.stride(2);
+  p.dlse = dlse_c.has_value() ? static_cast<const float*>(dlse_c->data_ptr()) : nullptr;
+  p.dq = dq.data_ptr(), p.dk = dk.data_ptr(), p.dv = dv.data_ptr();
+  p.dq_batch_stride = dq.stride(0), p.dq_row_stride = dq.stride(1), p.dq_head_stride = dq.stride(2);
+  p.dk_batch_stride = dk.stride(0), p.dk_row_stride = dk.stride(1), p.dk_head_stride = dk.stride(2);
+  p.dv_batch_stride = dv.stride(0), p.dv_row_stride = dv.stride(1), p.dv_head_stride = dv.stride(2);
+  Tensor workspace =
+      torch::stable::new_empty(q, {std::max<int64_t>(sparse::sparse_bwd_workspace_words(p), 1)}, ScalarType::Int);
+  p.workspace = workspace.data_ptr();
+  const Status status = sparse::sparse_bwd(p, static_cast<cudaStream_t>(current_stream(kOp, q)));
+  check_unsupported(kOp, status, p.head_dim);
+  STD_TORCH_CHECK(status != Status::kInvalidArgument, kOp, ": sizes out of the native backward's range (Lq * Hq / Hk = ",
+                  int64_t(p.seqlen_q) * (p.num_heads_q / p.num_heads_k),
+                  " query ids per KV head must fit its shared-memory bitmap, up to about 1.6M; Lq * Hq / Hk * k "
+                  "below 2^31)");
+  check_launched(kOp, status);
+  return {dq, dk, dv};
+}
+
+}  // namespace
+}  // namespace attnx::binding
+
+STABLE_TORCH_LIBRARY_IMPL(attnx, CUDA, m) {
+  m.impl("sparse_attention", TORCH_BOX(&attnx::binding::sparse_attention_cuda));
+  m.impl("sparse_attention_backward", TORCH_BOX(&attnx::binding::sparse_attention_backward_cuda));
+}

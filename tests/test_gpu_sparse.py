@@ -1,0 +1,202 @@
+"""GPU tests of the native sparse attention (each query attends to its listed keys): forward and
+backward against the reference on random lists (slots empty anywhere, rows with no key, keys
+listed by no query), GQA, strided views, the lse gradient, determinism of dK/dV, the value checks.
+Outputs are poisoned (NaN) before each call.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnx
+import attnx.reference
+from attnx import _native
+from conftest import names_arg, rel_err
+from test_gpu_attention import GRAD_TOL, LSE_TOL, OUT_TOL, built, poison_allocator
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not _native.has_cuda_kernel("sparse_attention"),
+    reason="needs a CUDA GPU and the native library")
+
+DTYPES = [torch.float16, torch.bfloat16]
+
+
+def need(dtype, d, backward=False):
+    fams = ["sparse_fwd"] + (["sparse_bwd"] if backward else [])
+    if torch.cuda.get_device_capability() != (9, 0) or not all(built(dtype, d, f) for f in fams):
+        pytest.skip("no native sparse instance for this dtype / head dim on this GPU")
+
+
+def random_indices(b, lq, hq, lk, kk, *, empty_frac=0.25, empty_rows=True):
+    """Distinct random keys per row, about empty_frac of the slots -1, every 7th row empty."""
+    kk_real = min(kk, lk)
+    idx = torch.full((b, lq, hq, kk), -1, dtype=torch.int32, device="cuda")
+    if lk > 0 and kk_real > 0:
+        idx[..., :kk_real] = torch.rand(b, lq, hq, lk, device="cuda").topk(kk_real, dim=-1).indices.int()
+        idx = idx.gather(-1, torch.rand(b, lq, hq, kk, device="cuda").argsort(dim=-1))  # -1 anywhere in the row
+        idx = idx.masked_fill(torch.rand(b, lq, hq, kk, device="cuda") < empty_frac, -1)
+    if empty_rows and lq > 0:
+        idx[:, ::7] = -1
+    return idx
+
+
+def reference(q, k, v, idx, dout=None, dlse=None):
+    qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
+    out, lse = attnx.reference.sparse_attention(qf, kf, vf, idx, return_lse=True)
+    if dout is None:
+        return out, lse
+    loss = (out * dout.float()).sum() + ((torch.where(torch.isinf(lse), 0, lse) * dlse).sum() if dlse is not None else 0)
+    return out, lse, torch.autograd.grad(loss, (qf, kf, vf))
+
+
+def check_forward(out, lse, ref_out, ref_lse, dtype):
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "empty rows differ"
+    empty = torch.isinf(ref_lse)
+    assert (out.float()[empty] == 0).all(), "a row without keys must give zeros"
+    if (~empty).any():
+        assert rel_err(out, ref_out) < OUT_TOL[dtype]
+        assert (lse[~empty] - ref_lse[~empty]).abs().max().item() < LSE_TOL
+
+
+SHAPES = [  # b, lq, lk, hq, hk, k
+    (1, 1, 1, 1, 1, 1),
+    (2, 37, 53, 3, 3, 5),         # odd sizes, k below one batch of slots
+    (1, 300, 1000, 4, 2, 64),     # GQA
+    (2, 513, 700, 2, 1, 100),     # MQA, k not a multiple of 32
+    (1, 1000, 4096, 2, 2, 256),
+    (1, 64, 40, 2, 2, 40),        # k == Lk: every key listed
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("b,lq,lk,hq,hk,kk", SHAPES)
+def test_sparse_forward_matches_reference(dtype, d, b, lq, lk, hq, hk, kk):
+    need(dtype, d)
+    torch.manual_seed(lq + lk + d)
+    q = torch.randn(b, lq, hq, d, device="cuda", dtype=dtype)
+    k, v = (torch.randn(b, lk, hk, d, device="cuda", dtype=dtype) for _ in range(2))
+    idx = random_indices(b, lq, hq, lk, kk)
+    assert _native.covers("sparse_attention", q, k, v)
+    poison_allocator()
+    out, lse = attnx.sparse_attention(q, k, v, idx, return_lse=True)
+    torch.cuda.synchronize()
+    check_forward(out, lse, *reference(q, k, v, idx), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("b,lq,lk,hq,hk,kk", SHAPES)
+def test_sparse_backward_matches_reference(dtype, d, b, lq, lk, hq, hk, kk):
+    need(dtype, d, backward=True)
+    torch.manual_seed(lq + lk + d + 1)
+    q = torch.randn(b, lq, hq, d, device="cuda", dtype=dtype)
+    k, v = (torch.randn(b, lk, hk, d, device="cuda", dtype=dtype) for _ in range(2))
+    idx = random_indices(b, lq, hq, lk, kk)
+    out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None)
+    dout = torch.randn_like(out)
+    dlse = torch.randn_like(lse).masked_fill(torch.isinf(lse), 0) if lq % 2 else None  # the lse gradient too
+    poison_allocator()
+    grads = torch.ops.attnx.sparse_attention_backward(dout, dlse, q, k, v, out, lse, idx, None)
+    torch.cuda.synchronize()
+    *_, refs = reference(q, k, v, idx, dout, dlse)
+    for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
+        assert not torch.isnan(g).any(), name
+        if r.abs().max().item() < 1e-4:  # nothing listed: exactly zero
+            assert g.abs().max().item() == 0, name
+        else:
+            assert rel_err(g, r) < GRAD_TOL[dtype], name
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_sparse_autograd_strided_views(d):
+    """q/k/v as views into a packed qkv tensor (head stride 3 * D), the API's autograd path."""
+    need(torch.bfloat16, d, backward=True)
+    torch.manual_seed(d)
+    qkv = torch.randn(2, 700, 3, 4, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = qkv.unbind(2)
+    idx = random_indices(2, 700, 4, 700, 48)
+    out = attnx.sparse_attention(q, k, v, idx)
+    dout = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, qkv, dout)
+    ro, _, rg = reference(q, k, v, idx, dout)
+    assert rel_err(out, ro) < OUT_TOL[torch.bfloat16]
+    assert rel_err(g, torch.stack(rg, 2)) < GRAD_TOL[torch.bfloat16]
+
+
+def test_sparse_edge_sizes():
+    need(torch.bfloat16, 64, backward=True)
+    for b, lq, lk, kk in [(0, 5, 5, 2), (2, 0, 5, 2), (2, 5, 0, 2), (2, 5, 5, 0)]:
+        q = torch.randn(b, lq, 2, 64, device="cuda", dtype=torch.bfloat16)
+        k, v = (torch.randn(b, lk, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        idx = torch.full((b, lq, 2, kk), -1, dtype=torch.int32, device="cuda")
+        out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None)
+        assert out.shape == q.shape and (out == 0).all() and torch.isinf(lse).all()
+        dq, dk, dv = torch.ops.attnx.sparse_attention_backward(torch.ones_like(out), None, q, k, v, out, lse, idx, None)
+        assert dq.shape == q.shape and dk.shape == k.shape
+        assert (dq == 0).all() and (dk == 0).all() and (dv == 0).all()
+
+
+def test_sparse_backward_is_deterministic():
+    need(torch.bfloat16, 64, backward=True)
+    q, k, v, do = (torch.randn(1, 2048, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    idx = random_indices(1, 2048, 2, 2048, 256, empty_frac=0.0, empty_rows=False)
+    out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None)
+    a = torch.ops.attnx.sparse_attention_backward(do, None, q, k, v, out, lse, idx, None)
+    b = torch.ops.attnx.sparse_attention_backward(do, None, q, k, v, out, lse, idx, None)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_sparse_other_head_dims_use_reference():
+    need(torch.bfloat16, 64)
+    q, k, v = (torch.randn(1, 50, 2, 32, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx = random_indices(1, 50, 2, 50, 8)
+    assert not _native.covers("sparse_attention", q, k, v)
+    out = attnx.sparse_attention(q, k, v, idx)
+    assert rel_err(out, reference(q, k, v, idx)[0]) < OUT_TOL[torch.bfloat16]
+    with pytest.raises(RuntimeError, match="head dim"):
+        torch.ops.attnx.sparse_attention(q, k, v, idx, None)
+
+
+@pytest.mark.parametrize("what", ["above_range", "below_minus_one", "duplicate_debug", "wrong_dtype", "wrong_shape"])
+def test_sparse_bad_indices(what, monkeypatch):
+    need(torch.bfloat16, 64)
+    q, k, v = (torch.randn(1, 16, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx = random_indices(1, 16, 2, 16, 4, empty_frac=0.0, empty_rows=False)
+    if what == "above_range":
+        idx[0, 3, 1, 2] = 16
+    elif what == "below_minus_one":
+        idx[0, 5, 0, 0] = -2
+    elif what == "duplicate_debug":
+        monkeypatch.setenv("ATTNX_DEBUG", "1")
+        idx[0, 2, 0, 1] = idx[0, 2, 0, 0]
+    elif what == "wrong_dtype":
+        idx = idx.long()
+    else:
+        idx = idx[:, :8]
+    with pytest.raises(ValueError) as e:
+        attnx.sparse_attention(q, k, v, idx)
+    assert names_arg(str(e.value), "indices"), str(e.value)
+
+
+def test_sparse_out_of_range_indices_stay_in_bounds_in_the_op():
+    """The op itself (no Python value check) treats indices outside [0, Lk) as empty slots."""
+    need(torch.bfloat16, 64)
+    q, k, v = (torch.randn(1, 40, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx = random_indices(1, 40, 2, 40, 8, empty_frac=0.0, empty_rows=False)
+    bad = idx.clone()
+    bad[..., -1] = 1 << 30
+    bad[..., -2] = -7
+    valid = idx.clone()
+    valid[..., -2:] = -1
+    out, lse = torch.ops.attnx.sparse_attention(q, k, v, bad, None)
+    ref_out, ref_lse = torch.ops.attnx.sparse_attention(q, k, v, valid, None)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+
+
+def test_sparse_native_op_passes_opcheck():
+    need(torch.bfloat16, 64, backward=True)
+    q, k, v = (torch.randn(1, 100, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    idx = random_indices(1, 100, 2, 100, 16)
+    torch.library.opcheck(torch.ops.attnx.sparse_attention.default, (q, k, v, idx, None))
