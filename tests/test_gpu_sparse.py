@@ -200,3 +200,14 @@ def test_sparse_native_op_passes_opcheck():
     q, k, v = (torch.randn(1, 100, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     idx = random_indices(1, 100, 2, 100, 16)
     torch.library.opcheck(torch.ops.attnx.sparse_attention.default, (q, k, v, idx, None))
+
+
+def test_sparse_backward_op_rejects_a_mis_shaped_lse():
+    """The kernels index lse by query row: a wrong shape is an error, never an out-of-bounds read."""
+    need(torch.bfloat16, 64, backward=True)
+    q, k, v = (torch.randn(1, 64, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx = random_indices(1, 64, 2, 64, 8)
+    out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None)
+    with pytest.raises(RuntimeError, match="'lse'"):
+        torch.ops.attnx.sparse_attention_backward(torch.ones_like(out), None, q, k, v, out, lse[:, :32].contiguous(),
+                                                  idx, None)

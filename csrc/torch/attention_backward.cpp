@@ -30,19 +30,13 @@ std::tuple<Tensor, Tensor, Tensor> run_backward(const char* op, Tensor dout, std
                                                 std::optional<double> scale, fmha::FmhaFwdParams shape_params,
                                                 int64_t rank, const BlockSparseArgs* block_sparse = nullptr) {
   // q, k, v were checked by the caller (check_qkv).
-  check_like(op, "out", out, q, "q");
-  check_like(op, "dout", dout, q, "q");
-  STD_TORCH_CHECK(out.scalar_type() == q.scalar_type() && dout.scalar_type() == q.scalar_type(), op,
-                  ": arguments 'out' and 'dout' must have the dtype of 'q'");
+  check_backward_tensors(op, q, out, dout, lse);
   STD_TORCH_CHECK(out.stride(rank - 1) == 1, op, ": argument 'out' needs a contiguous last dimension");
-  STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Float, op, ": argument 'lse' must be float32");
   dout = tma_ready(dout);
   lse = torch::stable::contiguous(lse);
   const std::optional<Tensor> dlse_c = checked_dlse(op, dlse, lse);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
-  Tensor dq = torch::stable::new_empty(q, sizes(q));
-  Tensor dk = torch::stable::new_empty(k, sizes(k));
-  Tensor dv = torch::stable::new_empty(v, sizes(v));
+  auto [dq, dk, dv] = new_grads(q, k, v);
   const int64_t rows_q = rank == 4 ? q.size(0) * q.size(1) : q.size(0);
   const int64_t rows_k = rank == 4 ? k.size(0) * k.size(1) : k.size(0);
   if (rows_q == 0 || rows_k == 0) {  // nothing attends: every gradient is 0

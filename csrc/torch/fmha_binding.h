@@ -81,6 +81,27 @@ inline void check_like(const char* op, const char* arg, const Tensor& t, const T
                   "' must be on the device of '", ref_name, "'");
 }
 
+// Backward: out and dout shaped like q with q's dtype; lse float32, shaped like q without its head
+// dim, on q's device (the kernels index it by query row).
+inline void check_backward_tensors(const char* op, const Tensor& q, const Tensor& out, const Tensor& dout,
+                                   const Tensor& lse) {
+  check_like(op, "out", out, q, "q");
+  check_like(op, "dout", dout, q, "q");
+  STD_TORCH_CHECK(out.scalar_type() == q.scalar_type() && dout.scalar_type() == q.scalar_type(), op,
+                  ": arguments 'out' and 'dout' must have the dtype of 'q'");
+  STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Float, op, ": argument 'lse' must be float32");
+  STD_TORCH_CHECK(lse.dim() == q.dim() - 1 && sizes(lse) == sizes(q, 1), op, ": argument 'lse' has shape ",
+                  shape_str(lse), "; expected q's shape without its head dim");
+  STD_TORCH_CHECK(lse.is_cuda() && lse.get_device_index() == q.get_device_index(), op,
+                  ": argument 'lse' must be on the device of 'q'");
+}
+
+// Backward: dq, dk, dv allocated like q, k, v.
+inline std::tuple<Tensor, Tensor, Tensor> new_grads(const Tensor& q, const Tensor& k, const Tensor& v) {
+  return {torch::stable::new_empty(q, sizes(q)), torch::stable::new_empty(k, sizes(k)),
+          torch::stable::new_empty(v, sizes(v))};
+}
+
 // Backward: the optional lse gradient, float32 and shaped like lse, made contiguous.
 inline std::optional<Tensor> checked_dlse(const char* op, const std::optional<Tensor>& dlse, const Tensor& lse) {
   if (!dlse.has_value()) return std::nullopt;

@@ -126,23 +126,13 @@ std::tuple<Tensor, Tensor, Tensor> neighborhood_attention_backward_cuda(
   constexpr const char* kBwdOp = "attnx::neighborhood_attention_backward";
   na::NaBwdParams p;
   static_cast<na::NaFwdParams&>(p) = na_geometry(kBwdOp, q, k, v, kernel_size, dilation, stride, is_causal, scale);
-  check_like(kBwdOp, "out", out, q, "q");
-  check_like(kBwdOp, "dout", dout, q, "q");
-  STD_TORCH_CHECK(out.scalar_type() == q.scalar_type() && dout.scalar_type() == q.scalar_type(), kBwdOp,
-                  ": arguments 'out' and 'dout' must have the dtype of 'q'");
+  check_backward_tensors(kBwdOp, q, out, dout, lse);
   STD_TORCH_CHECK(out.stride(out.dim() - 1) == 1, kBwdOp, ": argument 'out' needs a contiguous last dimension");
-  STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Float, kBwdOp, ": argument 'lse' must be float32");
-  STD_TORCH_CHECK(lse.dim() == q.dim() - 1 && sizes(lse) == sizes(q, 1), kBwdOp, ": argument 'lse' has shape ",
-                  shape_str(lse), "; expected q's shape without its head dim");
-  STD_TORCH_CHECK(lse.is_cuda() && lse.get_device_index() == q.get_device_index(), kBwdOp,
-                  ": argument 'lse' must be on the device of 'q'");
   dout = na_tma_ready(dout);
   lse = torch::stable::contiguous(lse);
   const std::optional<Tensor> dlse_c = checked_dlse(kBwdOp, dlse, lse);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
-  Tensor dq = torch::stable::new_empty(q, sizes(q));
-  Tensor dk = torch::stable::new_empty(k, sizes(k));
-  Tensor dv = torch::stable::new_empty(v, sizes(v));
+  auto [dq, dk, dv] = new_grads(q, k, v);
 
   p.q = q.data_ptr(), p.k = k.data_ptr(), p.v = v.data_ptr(), p.out = out.data_ptr();
   p.lse = static_cast<float*>(lse.data_ptr());

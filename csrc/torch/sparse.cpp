@@ -86,19 +86,13 @@ std::tuple<Tensor, Tensor, Tensor> sparse_attention_backward_cuda(Tensor dout, s
   constexpr const char* kOp = "attnx::sparse_attention_backward";
   check_qkv(kOp, q, k, v, 4);
   check_indices(kOp, q, indices);
-  check_like(kOp, "out", out, q, "q");
-  check_like(kOp, "dout", dout, q, "q");
-  STD_TORCH_CHECK(out.scalar_type() == q.scalar_type() && dout.scalar_type() == q.scalar_type(), kOp,
-                  ": arguments 'out' and 'dout' must have the dtype of 'q'");
-  STD_TORCH_CHECK(lse.scalar_type() == ScalarType::Float, kOp, ": argument 'lse' must be float32");
+  check_backward_tensors(kOp, q, out, dout, lse);
   out = tma_ready(out);  // 16-byte row loads need the same views TMA does
   dout = tma_ready(dout);
   lse = torch::stable::contiguous(lse);
   const std::optional<Tensor> dlse_c = checked_dlse(kOp, dlse, lse);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
-  Tensor dq = torch::stable::new_empty(q, sizes(q));
-  Tensor dk = torch::stable::new_empty(k, sizes(k));
-  Tensor dv = torch::stable::new_empty(v, sizes(v));
+  auto [dq, dk, dv] = new_grads(q, k, v);
 
   sparse::SparseBwdParams p;
   static_cast<sparse::SparseFwdParams&>(p) = make_fwd_params(q, k, v, indices, out, lse, scale);

@@ -36,96 +36,117 @@ __device__ __forceinline__ int load_slot(const int* idx_row, int t, int topk, in
   return static_cast<unsigned>(j) < static_cast<unsigned>(seqlen_k) ? j : -1;
 }
 
-// Loads the K and V rows of slots s0 + u * 4 + group (u < R) of a batch spread one slot per lane
-// (my_slot); empty slots load zeros. j[u] = the key, or -1.
-template <class Elem, int D, int R>
-__device__ __forceinline__ void gather_kv_rows(const SparseFwdParams& p, const Elem* k_base, const Elem* v_base,
-                                               int my_slot, int s0, int group, int sub, RowSlice<Elem, D> (&kr)[R],
-                                               RowSlice<Elem, D> (&vr)[R], int (&j)[R]) {
+// One warp's query row (b, i, h) of the forward and dQ kernels: its lanes, where it reads, and the
+// walk over its listed keys: per batch of 32 slots (one per lane), steps of R rows per group, the
+// group taking slots s0 + u * 4 + group; empty slots load zeros and report key -1.
+template <class Elem, int D, int kWarps>
+struct QueryRowWalk {
+  using Row = RowSlice<Elem, D>;
+  static constexpr int R = kStepRows<D>;
+  int lane, group, sub, i, h, b;
+  const Elem* k_base;
+  const Elem* v_base;
+  const int* idx_row;
+
+  __device__ __forceinline__ explicit QueryRowWalk(const SparseFwdParams& p)
+      : lane(threadIdx.x % 32), group(lane / kGroupLanes), sub(lane % kGroupLanes),
+        i(blockIdx.x * kWarps + threadIdx.x / 32), h(blockIdx.y), b(blockIdx.z) {
+    const int hk = h / (p.num_heads_q / p.num_heads_k);
+    k_base = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+    v_base = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+    idx_row = p.indices + b * p.idx_batch_stride + int64_t(i) * p.idx_row_stride + h * p.idx_head_stride;
+  }
+  // The row's place in a [B, Lq, H, D] tensor (q, out, dout, dq) and in lse [B, Lq, H].
+  template <class Ptr>
+  __device__ __forceinline__ Ptr at(Ptr base, int64_t batch_stride, int64_t row_stride, int64_t head_stride) const {
+    return base + b * batch_stride + int64_t(i) * row_stride + h * head_stride;
+  }
+  __device__ __forceinline__ int64_t lse_row(const SparseFwdParams& p) const {
+    return (int64_t(b) * p.seqlen_q + i) * p.num_heads_q + h;
+  }
+  // f(kr, vr, j) for each step: the step's K and V rows and keys (every lane calls it).
+  template <class F>
+  __device__ __forceinline__ void for_each_step(const SparseFwdParams& p, F&& f) const {
+    for (int t0 = 0; t0 < p.topk; t0 += kBatchSlots) {
+      const int my_slot = load_slot(idx_row, t0 + lane, p.topk, p.seqlen_k);
 #pragma unroll
-  for (int u = 0; u < R; ++u) {
-    j[u] = slot_key(my_slot, s0 + u * kGroups + group);
-    if (j[u] >= 0) {
-      kr[u].load(k_base + int64_t(j[u]) * p.k_row_stride, sub);
-      vr[u].load(v_base + int64_t(j[u]) * p.v_row_stride, sub);
-    } else {
-      kr[u].zero(), vr[u].zero();
+      for (int s0 = 0; s0 < kBatchSlots; s0 += R * kGroups) {
+        Row kr[R], vr[R];
+        int j[R];
+#pragma unroll
+        for (int u = 0; u < R; ++u) {
+          j[u] = slot_key(my_slot, s0 + u * kGroups + group);
+          if (j[u] >= 0) {
+            kr[u].load(k_base + int64_t(j[u]) * p.k_row_stride, sub);
+            vr[u].load(v_base + int64_t(j[u]) * p.v_row_stride, sub);
+          } else {
+            kr[u].zero(), vr[u].zero();
+          }
+        }
+        f(kr, vr, j);
+      }
     }
   }
-}
+};
 
 template <class Elem, int D, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) sparse_fwd_kernel(const SparseFwdParams p) {
-  using Row = RowSlice<Elem, D>;
-  constexpr int N = Row::kElems;
-  const int lane = threadIdx.x % 32, group = lane / kGroupLanes, sub = lane % kGroupLanes;
-  const int i = blockIdx.x * kWarps + threadIdx.x / 32, h = blockIdx.y, b = blockIdx.z;
-  if (i >= p.seqlen_q) return;
-  const int hk = h / (p.num_heads_q / p.num_heads_k);
-  const Elem* k_base = static_cast<const Elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-  const Elem* v_base = static_cast<const Elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-  const int* idx_row = p.indices + b * p.idx_batch_stride + int64_t(i) * p.idx_row_stride + h * p.idx_head_stride;
+  using Walk = QueryRowWalk<Elem, D, kWarps>;
+  using Row = typename Walk::Row;
+  constexpr int N = Row::kElems, R = Walk::R;
+  const Walk w(p);
+  if (w.i >= p.seqlen_q) return;
 
   float qf[N];  // q * scale * log2(e): scores come out in log2 units
   {
     Row q;
-    q.load(static_cast<const Elem*>(p.q) + b * p.q_batch_stride + int64_t(i) * p.q_row_stride + h * p.q_head_stride,
-           sub);
+    q.load(w.at(static_cast<const Elem*>(p.q), p.q_batch_stride, p.q_row_stride, p.q_head_stride), w.sub);
     q.widen(qf, p.scale * kLog2e);
   }
   float m = -INFINITY, l = 0.f, acc[N];
 #pragma unroll
   for (int e = 0; e < N; ++e) acc[e] = 0.f;
 
-  constexpr int R = kStepRows<D>;
-  for (int t0 = 0; t0 < p.topk; t0 += kBatchSlots) {
-    const int my_slot = load_slot(idx_row, t0 + lane, p.topk, p.seqlen_k);
+  w.for_each_step(p, [&](const Row (&kr)[R], const Row (&vr)[R], const int (&j)[R]) {
+    float s[R], m_new = m;
 #pragma unroll
-    for (int s0 = 0; s0 < kBatchSlots; s0 += R * kGroups) {
-      Row kr[R], vr[R];
-      int j[R];
-      gather_kv_rows<Elem, D, R>(p, k_base, v_base, my_slot, s0, group, sub, kr, vr, j);
-      float s[R], m_new = m;
+    for (int u = 0; u < R; ++u) {
+      s[u] = group_sum(kr[u].dot(qf));
+      s[u] = j[u] >= 0 ? s[u] : -INFINITY;
+      m_new = fmaxf(m_new, s[u]);
+    }
+    if (m_new != -INFINITY) {  // else nothing valid in this group yet (group-uniform)
+      const float corr = exp2_approx(m - m_new);  // m = -inf: 0
+      l *= corr;
+#pragma unroll
+      for (int e = 0; e < N; ++e) acc[e] *= corr;
 #pragma unroll
       for (int u = 0; u < R; ++u) {
-        s[u] = group_sum(kr[u].dot(qf));
-        s[u] = j[u] >= 0 ? s[u] : -INFINITY;
-        m_new = fmaxf(m_new, s[u]);
+        const float pu = exp2_approx(s[u] - m_new);  // empty slot: exp2(-inf) = 0
+        l += pu;
+        vr[u].axpy(pu, acc);
       }
-      if (m_new != -INFINITY) {  // else nothing valid in this group yet (group-uniform)
-        const float corr = exp2_approx(m - m_new);  // m = -inf: 0
-        l *= corr;
-#pragma unroll
-        for (int e = 0; e < N; ++e) acc[e] *= corr;
-#pragma unroll
-        for (int u = 0; u < R; ++u) {
-          const float pu = exp2_approx(s[u] - m_new);  // empty slot: exp2(-inf) = 0
-          l += pu;
-          vr[u].axpy(pu, acc);
-        }
-        m = m_new;
-      }
+      m = m_new;
     }
-  }
+  });
 
   // Merge the 4 groups' softmax states: rescale each to the common max, then sum.
   float m_all = m;
 #pragma unroll
   for (int off = kGroupLanes; off < 32; off *= 2) m_all = fmaxf(m_all, __shfl_xor_sync(0xffffffffu, m_all, off));
-  const float w = m == -INFINITY ? 0.f : exp2_approx(m - m_all);
-  l *= w;
+  const float rescale = m == -INFINITY ? 0.f : exp2_approx(m - m_all);
+  l *= rescale;
 #pragma unroll
-  for (int e = 0; e < N; ++e) acc[e] *= w;
+  for (int e = 0; e < N; ++e) acc[e] *= rescale;
   float ls[1] = {l};
   sum_over_groups(ls);
   sum_over_groups(acc);
 
-  if (group == 0) {
-    Elem* o_row = static_cast<Elem*>(p.out) + b * p.o_batch_stride + int64_t(i) * p.o_row_stride + h * p.o_head_stride;
+  if (w.group == 0) {
     const bool empty = ls[0] == 0.f;
-    store_row_slice<Elem, D>(o_row, sub, acc, empty ? 0.f : 1.f / ls[0]);
-    if (sub == 0)
-      p.lse[(int64_t(b) * p.seqlen_q + i) * p.num_heads_q + h] = empty ? -INFINITY : (m_all + __log2f(ls[0])) / kLog2e;
+    store_row_slice<Elem, D>(w.at(static_cast<Elem*>(p.out), p.o_batch_stride, p.o_row_stride, p.o_head_stride),
+                             w.sub, acc, empty ? 0.f : 1.f / ls[0]);
+    if (w.sub == 0) p.lse[w.lse_row(p)] = empty ? -INFINITY : (m_all + __log2f(ls[0])) / kLog2e;
   }
 }
 
