@@ -54,7 +54,7 @@ note "native: $(python3 -c "import attnx; i = attnx.info(); print(i['native_libr
 if [ "$TESTS" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
   note "pytest: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
-  python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py tests/test_gpu_varlen.py tests/test_gpu_mla.py tests/test_gpu_block_sparse.py tests/test_gpu_neighborhood.py tests/test_gpu_sparse.py > "$OUT/pytest_gpu.log" 2>&1
+  python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py tests/test_gpu_varlen.py tests/test_gpu_mla.py tests/test_gpu_block_sparse.py tests/test_gpu_neighborhood.py tests/test_gpu_sparse.py tests/test_gpu_pq.py > "$OUT/pytest_gpu.log" 2>&1
   note "pytest GPU kernels: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest_gpu.log" | tail -1)"
 fi
 

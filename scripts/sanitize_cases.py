@@ -123,5 +123,16 @@ for name in sorted(_native.instances()):
             torch.ops.attnx.sparse_attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, k, out,
                                                       lse, idx, None)
     ran.append(name + (" (+ sparse_bwd)" if backward else ""))
+if _native.has_cuda_kernel("pq_topk") and not NA_BWD_ONLY:
+    # PQ top-k: every M, q dtype; k near Lk, causal rows with no key, all-equal scores (truncation)
+    for m, ds, c, dtype, (lq, lk, kk, causal) in [(4, 16, 100, torch.float32, (33, 1000, 700, False)),
+                                                  (8, 8, 256, torch.bfloat16, (70, 30, 5, True)),
+                                                  (16, 8, 64, torch.float16, (9, 777, 1, True))]:
+        q = torch.randn(2, lq, 3, m * ds, device="cuda", dtype=dtype)
+        cent = torch.randn(3, m, c, ds, device="cuda")
+        codes = torch.randint(0, c, (2, lk, 3, m), device="cuda", dtype=torch.int32).to(torch.uint8)
+        torch.ops.attnx.pq_topk(q, codes, cent, kk, causal)
+        torch.ops.attnx.pq_topk(q, torch.zeros_like(codes), cent, kk, causal)
+    ran.append("pq_topk")
 torch.cuda.synchronize()
 print("sanitize cases ran:", ", ".join(ran))

@@ -1,7 +1,7 @@
 """GPU tests of the fused neighborhood-attention forward and backward against the reference:
 random 1-D/2-D/3-D configurations (odd and even kernels, strides, causal on some axes only,
 kernel equal to the axis, extents that are not multiples of a tile, several batches, GQA, the
-lse gradient), the layouts read in place or copied, the dilated fallback, autograd, opcheck and
+lse gradient), the layouts read in place or copied, dilation (groups in the batch, with remainders), autograd, opcheck and
 bad input. Outputs are poisoned (NaN) before each call.
 """
 from __future__ import annotations
@@ -152,25 +152,22 @@ def test_na_reads_qkv_slices_in_place_and_copies_other_layouts():
     check(qt, kt, vt, (9, 7), torch.bfloat16)
 
 
-def test_na_dilation_with_a_remainder_runs_the_reference():
-    need(torch.bfloat16, 128)
-    q, k, v = (torch.randn(1, 25, 30, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    assert not _native.covers("neighborhood_attention", q, k, v, dilation=(2, 1))
-    assert not dilation_in_batch(q, k, v, (25, 30), (2, 1))  # 25 is not a multiple of 2
-    check(q, k, v, (5, 7), torch.bfloat16, dilation=(2, 1))
-
-
 @pytest.mark.parametrize("dtype,d,spatial,kernel,dil,stride,causal", [
     (torch.bfloat16, 128, (24, 30), (5, 7), (2, 1), (1, 1), (False, False)),
     (torch.float16, 64, (4096,), (65,), (4,), (1,), (True,)),
     (torch.bfloat16, 32, (12, 16, 18), (3, 4, 5), (2, 4, 3), (1, 2, 1), (False, True, False)),
     (torch.float16, 128, (56, 56), (7, 7), (8, 8), (1, 1), (False, False)),  # DiNAT-style
+    # axes that are not multiples of their dilation: groups of two lengths, one call per combination
+    (torch.bfloat16, 128, (25, 30), (5, 7), (2, 1), (1, 1), (False, False)),
+    (torch.float16, 64, (1001,), (33,), (7,), (1,), (True,)),
+    (torch.bfloat16, 64, (13, 17, 19), (3, 4, 5), (2, 4, 3), (1, 2, 1), (False, True, False)),
+    (torch.bfloat16, 32, (28, 28), (7, 7), (3, 3), (2, 1), (False, False)),
 ])
 def test_na_dilation_runs_native_with_groups_in_the_batch(dtype, d, spatial, kernel, dil, stride, causal):
     need(dtype, d, backward=True)
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, *spatial, 2, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-    assert dilation_in_batch(q, k, v, spatial, dil)
+    assert dilation_in_batch(q, k, v, dil)
     kw = dict(dilation=dil, stride=stride, is_causal=causal)
     out, lse = attnx.neighborhood_attention(q, k, v, kernel, return_lse=True, **kw)
     dout = torch.randn_like(out)

@@ -292,21 +292,29 @@ def test_na_chunked(which, monkeypatch):
         assert_close(a, b, 1e-10, n)
 
 
-@pytest.mark.parametrize("spatial,ks,dil,st,ca", [
-    ((12,), (3,), (4,), (1,), (False,)),
-    ((8, 12), (3, 2), (2, 3), (1, 2), (False, True)),
-    ((4, 6, 9), (2, 3, 3), (2, 2, 3), (1, 1, 2), (True, False, False)),
+@pytest.mark.parametrize("spatial,ks,dil,st,ca,classes", [
+    ((12,), (3,), (4,), (1,), (False,), 1),
+    ((7,), (2,), (3,), (1,), (False,), 2),  # groups of length 3, 2, 2
+    ((8, 12), (3, 2), (2, 3), (1, 2), (False, True), 1),
+    ((9, 12), (3, 2), (2, 5), (1, 2), (False, True), 4),
+    ((4, 6, 9), (2, 3, 3), (2, 2, 3), (1, 1, 2), (True, False, False), 1),
+    ((5, 7, 11), (2, 3, 3), (2, 2, 3), (1, 1, 2), (True, False, False), 8),
+    ((25, 30), (5, 7), (2, 1), (1, 1), (False, False), 2),
 ])
-def test_dilation_groups_in_the_batch_are_plain_na(spatial, ks, dil, st, ca):
-    """What the native dilated path computes: NA over the batch of dilation groups (no dilation),
-    moved back, is dilated NA; the moves invert each other."""
-    from attnx.ops.neighborhood import batch_to_groups, groups_to_batch
+def test_dilation_groups_in_the_batch_are_plain_na(spatial, ks, dil, st, ca, classes):
+    """What the native dilated path computes: NA over the batches of dilation groups (no dilation,
+    one batch per combination of group lengths), put back in place, is dilated NA; the moves
+    invert each other."""
+    from attnx.ops.neighborhood import DilationSplit
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, *spatial, 3, 8, dtype=torch.float64) for _ in range(3))
     out, lse = attnx.reference.neighborhood_attention(q, k, v, ks, dilation=dil, stride=st, is_causal=ca,
                                                       return_lse=True)
-    og, lg = attnx.reference.neighborhood_attention(*(groups_to_batch(x, dil) for x in (q, k, v)), ks, stride=st,
-                                                    is_causal=ca, return_lse=True)
-    assert torch.equal(batch_to_groups(groups_to_batch(q, dil), 2, spatial, dil), q)
-    assert torch.allclose(batch_to_groups(og, 2, spatial, dil), out, atol=1e-12)
-    assert torch.allclose(batch_to_groups(lg, 2, spatial, dil), lse, atol=1e-12)
+    split = DilationSplit(spatial, dil, q.device)
+    assert len(split.classes) == classes
+    parts = [attnx.reference.neighborhood_attention(qg, kg, vg, ks, stride=st, is_causal=ca, return_lse=True)
+             for qg, kg, vg in zip(split.gather(q), split.gather(k), split.gather(v))]
+    og, lg = (split.scatter(list(ys), 2, spatial) for ys in zip(*parts))
+    assert torch.equal(split.scatter(split.gather(q), 2, spatial), q)
+    assert torch.allclose(og, out, atol=1e-12)
+    assert torch.allclose(lg, lse, atol=1e-12)

@@ -241,3 +241,15 @@ def test_bad_input_names_the_argument():
     _raises("centroids", pq.Codebook, torch.randn(2, 2, 300, 4))
     _raises("centroids", pq.pq_encode, x, torch.randn(2, 2, 4))
     _raises("codebook", pq.encode, x, "not a codebook")
+
+
+def test_pq_ignores_autocast():
+    """Called from a bf16 autocast region (a training loop), PQ still computes in float32."""
+    x, _ = clustered(1, 64, 2, 8, 2, 4, 0.1, seed=11)
+    q = torch.randn(1, 10, 2, 8)
+    cb = pq.fit(x, 2, 4, iters=2)
+    want = pq.topk(q, pq.encode(x, cb), cb, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cb2 = pq.fit(x, 2, 4, iters=2)
+        got = pq.topk(q, pq.encode(x, cb2), cb2, 5)
+    assert torch.equal(cb.centroids, cb2.centroids) and torch.equal(got, want)

@@ -90,7 +90,7 @@ def _built(family: str, q, k, v) -> bool:
     return tag is not None and all(n in _state["instances"] for n in needed)
 
 
-def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=None) -> bool:
+def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=None, topk=None) -> bool:
     """True if the native library has a kernel instance for this CUDA call."""
     if not q.is_cuda or not has_cuda_kernel(op):
         return False
@@ -108,6 +108,13 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=
         return (tag is not None and f"mla_decode_{tag}_hdim576" in _state["instances"] and _sm90(q.device)
                 and q.shape[-1] == 576 and head_dim_v == 512 and k.shape[1] == 64 and k.dtype == q.dtype
                 and k.is_contiguous() and k.data_ptr() % 16 == 0)
+    if op == "pq_topk":  # q, k_codes, centroids; the selection buffer (k + 256 slots) fits shared memory
+        if topk is None or k.dim() != 4 or v.dim() != 4:
+            return False
+        m, c, ds = k.shape[3], v.shape[2], v.shape[3]
+        per_warp = (256 + m * 256) * 4 + max(4096, 8 << (topk + 255).bit_length())  # LUT, q, buffer of pow2 slots
+        return (_sm90(q.device) and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and m in (4, 8, 16)
+                and c <= 256 and m * ds == q.shape[-1] <= 256 and per_warp <= 227 * 1024)
     if op == "sparse_attention":  # gathers of 16-byte row pieces: the same alignment TMA needs
         return (_built("sparse", q, k, v) and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and all(aligned_16b(x) for x in (q, k, v)))
@@ -140,8 +147,8 @@ def info() -> dict:
             prefix = "na_bwd" if name.endswith("_backward") else "na_fwd"
             cuda = ("native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix)))
                     + " (any kernel_size, stride, is_causal; 1-D to 3-D) on sm_90; dilation > 1 through the"
-                    " Python API: the same kernels with the dilation groups moved into the batch when every"
-                    " dilated axis is a multiple of its dilation, else the reference")
+                    " Python API: the same kernels with the dilation groups moved into the batch (one call per"
+                    " combination of group lengths when an axis is not a multiple of its dilation)")
         elif name == "mla_decode" and cuda == "native":
             cuda = "native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith("mla_decode"))) \
                 + " (head dims 576/512, page 64, contiguous cache) on sm_90; reference otherwise"
@@ -149,6 +156,9 @@ def info() -> dict:
             prefix = "sparse_bwd" if name.endswith("_backward") else "sparse_fwd"
             cuda = ("native for: " + ", ".join(sorted(i for i in _state["instances"] if i.startswith(prefix)))
                     + " (Dv = D) on sm_90; reference otherwise")
+        elif name == "pq_topk" and cuda == "native":
+            cuda = ("native (fused LUT scoring + histogram selection) for q fp16/bf16/fp32, M in {4, 8, 16}, C <= 256,"
+                    " D <= 256, k + 256 selection slots in shared memory, on sm_90; reference otherwise")
         elif name == "mla_decode_metadata" and cuda == "native":
             cuda = "native (GPU planner) on sm_90; reference otherwise"
         ops[name] = {"family": family, "cpu": "reference", "cuda": cuda}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import attnx
+from attnx.ops.neighborhood import dilation_in_batch
 from attnx.reference import dense_varlen as _ref_dv
 
 from . import peers as P
@@ -355,7 +356,7 @@ def _na_tile_bound(spatial, kernel, stride, causal):
     return best
 
 
-def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
+def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False, model=None):
     rank = len(spatial)
     kernel, stride, causal_t = _tup(kernel, rank), _tup(stride, rank), _tup(causal, rank)
     dil = (1,) * rank
@@ -386,6 +387,8 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
         return attnx.reference.neighborhood_attention(q, k, v, kernel, **kw)
 
     def which_kernel(s):  # as attnx.neighborhood_attention decides
+        if dilation_in_batch(s["q"], s["k"], s["v"], dil):
+            return "native (fused NA, dilation groups in the batch)"
         native = attnx._native.covers("neighborhood_attention", s["q"], s["k"], s["v"], dilation=dil)
         return "native (fused NA)" if native else "reference"
 
@@ -393,12 +396,13 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
         out = [_attnx_impl(ctx, run, which_kernel, ref_seconds=ref_full),
                P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
                            spatial=spatial, name="flex (NA mask)")]
-        if ctx.cuda and family == "neighborhood":
+        if ctx.cuda and family in ("neighborhood", "gna_paper"):
             dense_flops = attention_flops(b, h, d, tokens * tokens)
             out.append(Impl(name="attnx dense attention", run=dense, kernel="peer", check=False, flops=dense_flops,
                             note="all pairs: its 'attnx vs' is the NA speedup over dense"))
-            out += P.sdpa_peers(ctx, causal=False, keys=("q_flat", "k_flat", "v_flat"), flops=dense_flops,
-                                note="dense attention over all tokens", check=False)
+            if family == "neighborhood":
+                out += P.sdpa_peers(ctx, causal=False, keys=("q_flat", "k_flat", "v_flat"), flops=dense_flops,
+                                    note="dense attention over all tokens", check=False)
         return out
 
     name = f"{rank}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)}"
@@ -407,12 +411,17 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False):
     if any(causal_t):
         name += " causal"
     name += f" H{h} D{d}" + (f" B{b}" if b > 1 else "")
+    if model:
+        name = f"{model}: {name}"
     tile_bound, tile = _na_tile_bound(spatial, kernel, stride, causal_t)
     note = (f"FLOP bound {sb['flop_speedup']:.2f}x over dense, tile bound {tile_bound:.2f}x "
             f"(128-token tiles {_fmt_axes(tile)})")
     if family == "gna":
         note = (f"GNA bound {sb['speedup_bound']:.2f}x (FLOP {sb['flop_speedup']:.2f}x), "
                 f"tile util {100 * sb['tile_utilization']:.0f}%")
+    if family == "gna_paper":  # the simulator's bound next to the achieved speedup (the dense row's "attnx vs")
+        note = (f"GNA paper config; simulator bound {tile_bound:.2f}x for the kernel's 128-token tiles "
+                f"{_fmt_axes(tile)} (FLOP bound {sb['flop_speedup']:.2f}x); achieved = the dense row's 'attnx vs'")
     return Case(family=family, name=name, make_set=make_set, impls=impls,
                 set_bytes=3 * b * tokens * h * d * ctx.dtype.itemsize, expected=expected,
                 subset=lambda o: o[-1:, ..., h - hc:, :], check_ref_seconds=ref_check,
@@ -600,6 +609,28 @@ def _block_sparse_case(ctx, spatial, kernel, stride, tile, b, h, d):
                         "attended_pairs": visited_pairs, "na_attended_pairs": sb["attended_pairs"],
                         "plan_matches_simulator": int(count_np.sum()) == sb["visited_kv_tiles"],
                         "check_heads": hc, "reference_estimate_s": round(ref_full, 2)})
+
+
+# Configurations the GNA paper (Hassani et al., "Generalized Neighborhood Attention:
+# Multi-dimensional Sparse Attention at the Speed of Light", arXiv:2504.16922, Sec. 4) applies to
+# generation models: HunyuanVideo 720p 5 s (30x48x80 tokens, 24 heads of 128, window 18x24x24,
+# stride 16x8x8; stride 1 for plain NA) and FLUX.1-dev at 4K (256x256 tokens, 24 heads of 128,
+# window 80x80, stride 16x16 or 1). (name, spatial, kernel, stride), H, D; CPU modes run shrunken
+# stand-ins of the same shapes so the family stays testable without a GPU.
+GNA_PAPER = {
+    "full": ([("HunyuanVideo", (30, 48, 80), (18, 24, 24), (16, 8, 8)), ("HunyuanVideo", (30, 48, 80), (18, 24, 24), 1),
+              ("FLUX.1-dev 4K", (256, 256), (80, 80), (16, 16)), ("FLUX.1-dev 4K", (256, 256), (80, 80), 1)], 24, 128),
+    "quick": ([("HunyuanVideo", (30, 48, 80), (18, 24, 24), (16, 8, 8)), ("FLUX.1-dev 4K", (256, 256), (80, 80), (16, 16))],
+              24, 128),
+    "cpu": ([("HunyuanVideo (1/8 per axis)", (4, 6, 10), (3, 3, 3), (2, 1, 1)), ("FLUX.1-dev 4K (1/16 per axis)", (16, 16), (5, 5), 1)],
+            2, 64),
+    "cpu-quick": ([("FLUX.1-dev 4K (1/16 per axis)", (16, 16), (5, 5), 1)], 2, 64),
+}
+
+
+def gna_paper(ctx: Ctx) -> list:
+    cfgs, h, d = GNA_PAPER[ctx.mode]
+    return [_na_case(ctx, "gna_paper", sp, ks, st, 1, h, d, model=model) for model, sp, ks, st in cfgs]
 
 
 def gna_bwd(ctx: Ctx) -> list:
@@ -910,7 +941,108 @@ def pq_sparse(ctx: Ctx) -> list:
                                    ref_seconds=ref_full, note="codebook fitted beforehand")] + peers(),
         set_bytes=set_bytes, expected=expected_layer, subset=lambda o: o[-1:], flops=sparse_flops, dtype=ctx.dtype,
         params=dict(params), note="TFLOP/s counts the attention over the selected keys only")
-    return [sparse_case, layer_case] + [_sparse_train_case(ctx, *PQ_TRAIN[ctx.mode])]
+    b2, l2, h2, d2, k2 = PQ_TRAIN[ctx.mode]
+    return [sparse_case, layer_case, _pq_topk_case(ctx, b, l, h, d, m, c, l // 16),
+            _pq_topk_case(ctx, b, l, h, d, 2 * m, c, l // 16), _pq_topk_case(ctx, b2, l2, h2, d2, m, c, k2), _sparse_train_case(ctx, b2, l2, h2, d2, k2),
+            _pq_train_case(ctx, b2, l2, h2, d2, m, c, k2)]
+
+
+def clustered_qk(b, l, h, d, ctx, clusters=64, noise=0.5, seed=0):
+    """q and k [B, L, H, D] drawn around `clusters` shared Gaussian centres per head (unit-variance
+    centres, isotropic noise): data where a query's large weights sit on a few clusters of keys,
+    the structure PQ selection relies on (SPT's premise), unlike i.i.d. Gaussian keys."""
+    g = torch.Generator(device=ctx.device).manual_seed(seed)
+    centres = torch.randn(h, clusters, d, device=ctx.device, generator=g)
+    heads = torch.arange(h, device=ctx.device).view(1, 1, h)
+
+    def draw():
+        pick = torch.randint(0, clusters, (b, l, h), device=ctx.device, generator=g)
+        return (centres[heads, pick] + noise * torch.randn(b, l, h, d, device=ctx.device, generator=g)).to(ctx.dtype)
+
+    return draw(), draw()
+
+
+def pq_recall(q, k, idx, rows=256):
+    """Fraction of the exact top-k keys (by q . k) that idx lists, over the first `rows` queries
+    of the last batch entry (all heads)."""
+    k_top = idx.shape[-1]
+    qs = q[-1, :rows].float().transpose(0, 1)  # [H, rows, D]
+    exact = torch.einsum("hid,jhd->hij", qs, k[-1].float()).topk(k_top, dim=-1).indices  # [H, rows, k]
+    got = idx[-1, :rows].transpose(0, 1).long()  # [H, rows, k]
+    hits = sum(int((got[hh].unsqueeze(-1) == exact[hh].unsqueeze(-2)).any(-1).sum()) for hh in range(got.shape[0]))
+    return hits / got.numel()
+
+
+def _pq_topk_case(ctx, b, l, h, d, m, c, k_top):
+    """attnx.pq.topk alone (codes precomputed) on clustered keys, with its recall of the exact
+    top-k in the note; the peer computes exact scores per head (an L x L matrix each) and torch.topk."""
+    holder = {}
+
+    def make_set(i):
+        q, k = clustered_qk(b, l, h, d, ctx, seed=i)
+        cb = attnx.pq.fit(k, m, c, iters=10, seed=i)
+        s = {"q": q, "k": k, "codebook": cb, "codes": attnx.pq.encode(k, cb)}
+        if i == 0 and "impl" in holder:
+            recall = pq_recall(q, k, attnx.pq.topk(q, s["codes"], cb, k_top))
+            holder["impl"].note = f"recall of the exact top-{k_top}: {recall:.3f} (clustered keys; first 256 queries)"
+        return s
+
+    def run(s):
+        return attnx.pq.topk(s["q"], s["codes"], s["codebook"], k_top)
+
+    def exact(s):  # one head at a time: the L x L scores of a head, then torch.topk
+        return [torch.topk(s["q"][:, :, hh].float() @ s["k"][:, :, hh].float().transpose(1, 2), k_top, dim=-1).indices
+                for hh in range(h)]
+
+    def impls():
+        holder["impl"] = _attnx_impl(ctx, run, lambda s: ctx.op_status("pq_topk"))
+        return [holder["impl"], Impl(name="exact: q @ k^T + torch.topk (per head)", run=exact, kernel="peer",
+                                     check=False)]
+
+    return Case(family="pq_sparse", name=f"pq.topk L{l} H{h} D{d} M{m} C{c} k{k_top}", make_set=make_set,
+                impls=impls, set_bytes=2 * b * l * h * d * ctx.dtype.itemsize + b * l * h * m, dtype=ctx.dtype,
+                flops=2.0 * b * h * l * l * d, max_sets=1,
+                note="TFLOP/s as if every q . k were computed (2 L^2 D per head)",
+                params={"B": b, "L": l, "H": h, "D": d, "num_subspaces": m, "num_centroids": c, "k_top": k_top})
+
+
+def _pq_train_case(ctx, b, l, h, d, m, c, k_top):
+    """The issue's target: pq_sparse_attention forward + backward with the selection (encode +
+    topk) inside the timed call, the codebook fitted beforehand (refreshed every N steps in
+    training), against SDPA forward + backward over all keys."""
+    hc = _check_heads(ctx, h, cheap=False)
+    pairs = l * k_top
+    ref_full = 3 * gathered_ref_seconds(b, l, l, h, k_top, d, d, 3e-4, ctx.cuda)
+
+    def make_set(i):
+        q, k = clustered_qk(b, l, h, d, ctx, seed=i)
+        s = {"q": q, "k": k, "v": randn((b, l, h, d), ctx), "dout": randn((b, l, h, d), ctx)}
+        s["codebook"] = attnx.pq.fit(k, m, c, iters=10, seed=i)
+        return s
+
+    def prepare(s):
+        return dict(s, leaves=tuple(x.detach().requires_grad_() for x in (s["q"], s["k"], s["v"])))
+
+    def run(a):
+        with torch.enable_grad():
+            out = attnx.pq_sparse_attention(*a["leaves"], k_top, codebook=a["codebook"])
+            return torch.autograd.grad(out, a["leaves"], a["dout"])
+
+    def kernel(s):
+        return ctx.op_status("pq_encode", "pq_topk", "sparse_attention", "sparse_attention_backward")
+
+    return Case(family="pq_sparse", name=f"pq_sparse_attention fwd+bwd L{l} H{h} D{d} k{k_top} (selection included)",
+                make_set=make_set,
+                impls=lambda: ([_attnx_impl(ctx, run, kernel, ref_seconds=ref_full, prepare=prepare,
+                                            note="encode + topk + attention fwd + bwd; codebook fitted beforehand")]
+                               + P.sdpa_train_peers(ctx, causal=False,
+                                                    flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, l * l),
+                                                    note="dense attention over all L keys")),
+                set_bytes=5 * b * l * h * d * ctx.dtype.itemsize, max_sets=2,
+                flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, pairs), dtype=ctx.dtype,
+                note="target: 1.5x faster than SDPA flash fwd+bwd; TFLOP/s counts the L*k attended pairs",
+                params={"B": b, "L": l, "H": h, "D": d, "k_top": k_top, "num_subspaces": m, "num_centroids": c,
+                        "check_heads": hc})
 
 
 # The issue's training case: L 16384, H 16, D 64, k = L/32, forward + backward of sparse_attention
@@ -1030,6 +1162,7 @@ FAMILIES = {
     "neighborhood_bwd": (neighborhood_bwd, "backward only: attnx NA backward vs flex (NA mask) backward"),
     "gna": (gna, "strided NA and attnx.block_sparse_attention over GNA tile plans vs flex"),
     "gna_bwd": (gna_bwd, "backward only: strided NA and block-sparse GNA plans vs flex's backward"),
+    "gna_paper": (gna_paper, "the GNA paper's HunyuanVideo and FLUX-4K configurations: fused NA vs attnx dense, flex"),
     "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),
     "pq_sparse": (pq_sparse, "attnx.sparse_attention / pq_sparse_attention vs dense SDPA"),
 }

@@ -1,6 +1,10 @@
 """Neighborhood attention (1-D/2-D/3-D, dilation, stride, causal): op and public API."""
 from __future__ import annotations
 
+import functools
+import itertools
+import math
+
 import torch
 
 from .. import _native
@@ -28,33 +32,64 @@ def _tma_layout(x):
     return x if _native.aligned_16b(x) else x.contiguous()
 
 
-def groups_to_batch(x, dilation):
-    """[B, *spatial, *rest] -> [B * prod(dilation), *(n // d), *rest]: dilation group r of an axis
-    (positions p with p % d == r) becomes a batch entry whose axis holds positions p // d, so
-    dilated NA is plain NA on the result. Needs every n % d == 0; copies (reshape of a permute)."""
-    rank = len(dilation)
-    b, spatial, rest = x.shape[0], x.shape[1:1 + rank], x.shape[1 + rank:]
-    split = [b] + [m for n, d in zip(spatial, dilation) for m in (n // d, d)]
-    x = x.reshape(*split, *rest)
-    perm = [0] + [2 + 2 * a for a in range(rank)] + [1 + 2 * a for a in range(rank)]
-    perm += list(range(1 + 2 * rank, x.dim()))
-    return x.permute(perm).reshape(-1, *(n // d for n, d in zip(spatial, dilation)), *rest)
+class DilationSplit:
+    """Dilated NA as plain NA over batches of dilation groups.
+
+    On an axis of length n with dilation d, group r (positions p with p % d == r) holds
+    n // d + 1 positions when r < n % d and n // d otherwise, and dilated NA is plain NA inside
+    each group on group coordinates p // d. Groups of equal length on every axis form one
+    *class*: up to two per dilated axis, so at most 2^rank classes. ``gather`` lays a class out
+    as [B * groups, *lengths, ...] (one index_select, a copy), where the fused kernels run with
+    dilation 1; ``scatter`` puts the classes' results back in place (one concatenation and one
+    index_select). Both are differentiable, so autograd copies the gradients back too.
+    """
+
+    def __init__(self, spatial, dilation, device):
+        per_axis = []  # per axis: [(positions [groups, length] on the axis)], one entry per class
+        for n, d in zip(spatial, dilation):
+            base, extra = divmod(n, d)
+            lengths = ([(torch.arange(0, extra), base + 1)] if extra else []) + [(torch.arange(extra, d), base)]
+            per_axis.append([groups[:, None] + torch.arange(length)[None, :] * d for groups, length in lengths])
+        row_stride = [math.prod(spatial[a + 1:]) for a in range(len(spatial))]
+        self.classes = []  # (flat token index [groups..., lengths...] flattened, number of groups, lengths)
+        for combo in itertools.product(*per_axis):
+            rank = len(combo)
+            flat = torch.zeros((1,) * (2 * rank), dtype=torch.int64)
+            for a, pos in enumerate(combo):  # axis a's group at dim a, its position at dim rank + a
+                shape = [1] * (2 * rank)
+                shape[a], shape[rank + a] = pos.shape
+                flat = flat + (pos * row_stride[a]).view(shape)
+            self.classes.append((flat.flatten().to(device), math.prod(p.shape[0] for p in combo),
+                                 tuple(p.shape[1] for p in combo)))
+        order = torch.cat([c[0] for c in self.classes])
+        self.inverse = torch.empty_like(order)
+        self.inverse[order] = torch.arange(order.numel(), device=order.device)
+        self.rank = len(spatial)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=32)
+    def of(spatial, dilation, device) -> "DilationSplit":
+        """The split of these axes, built once (its index tensors live on the device)."""
+        return DilationSplit(spatial, dilation, device)
+
+    def gather(self, x):
+        """[B, *spatial, *rest] -> one [B * groups, *lengths, *rest] tensor per class."""
+        b, rest = x.shape[0], x.shape[1 + self.rank:]
+        flat = x.reshape(b, -1, *rest)
+        return [flat.index_select(1, idx).reshape(b * groups, *lengths, *rest) for idx, groups, lengths in self.classes]
+
+    def scatter(self, ys, batch, spatial):
+        """The inverse of gather: per-class [B * groups, *lengths, *rest] -> [B, *spatial, *rest]."""
+        rest = ys[0].shape[1 + self.rank:]
+        y = torch.cat([y.reshape(batch, -1, *rest) for y in ys], dim=1)
+        return y.index_select(1, self.inverse).reshape(batch, *spatial, *rest)
 
 
-def batch_to_groups(y, batch, spatial, dilation):
-    """The inverse of groups_to_batch."""
-    rank = len(dilation)
-    rest = y.shape[1 + rank:]
-    y = y.reshape(batch, *dilation, *(n // d for n, d in zip(spatial, dilation)), *rest)
-    perm = [0] + [i for a in range(rank) for i in (1 + rank + a, 1 + a)] + list(range(1 + 2 * rank, y.dim()))
-    return y.permute(perm).reshape(batch, *spatial, *rest)
-
-
-def dilation_in_batch(q, k, v, spatial, dilation) -> bool:
+def dilation_in_batch(q, k, v, dilation) -> bool:
     """Whether neighborhood_attention runs this dilated CUDA call on the native kernels, with the
-    dilation groups moved into the batch (every dilated axis a multiple of its dilation)."""
-    return (any(d > 1 for d in dilation) and all(n % d == 0 for n, d in zip(spatial, dilation))
-            and _native.covers("neighborhood_attention", q, k, v, dilation=(1,) * len(dilation)))
+    dilation groups moved into the batch (DilationSplit)."""
+    return any(d > 1 for d in dilation) and _native.covers("neighborhood_attention", q, k, v,
+                                                          dilation=(1,) * len(dilation))
 
 
 def neighborhood_attention(q, k, v, kernel_size, *, dilation=1, stride=1, is_causal=False, scale=None,
@@ -73,17 +108,19 @@ def neighborhood_attention(q, k, v, kernel_size, *, dilation=1, stride=1, is_cau
     permutation in memory) and masks inside partly visible tiles. Backward: each CTA owns a
     tile of 128 keys and walks the 64-query tiles that see them (dK, dV in registers, dQ
     accumulated in float32). Tile shapes are the ones that visit the fewest tile pairs. Dilation
-    runs on the same kernels when every dilated axis is a multiple of its dilation: the dilation
-    groups move into the batch (one copy of q, k, v and of the outputs; autograd copies the
-    gradients back), where they are plain neighbourhoods. Other dilated problems and other
-    dtypes run the reference.
+    runs on the same kernels: the dilation groups move into the batch, where they are plain
+    neighbourhoods (DilationSplit: one copy of q, k, v and of the outputs; autograd copies the
+    gradients back). When an axis is not a multiple of its dilation its groups come in two
+    lengths, and each combination of lengths over the axes is one kernel call (at most 2^rank).
+    Other dtypes and head dims run the reference.
     """
     geom = ref.check_na(q, k, v, kernel_size, dilation, stride, is_causal)
     spatial, ks, dil, st, ca = geom
-    if dilation_in_batch(q, k, v, spatial, dil):
-        qg, kg, vg = (groups_to_batch(x, dil) for x in (q, k, v))
-        out, lse = na_op(qg, kg, vg, list(ks), [1] * len(dil), list(st), list(ca), scale)
-        out, lse = (batch_to_groups(x, q.shape[0], spatial, dil) for x in (out, lse))
+    if dilation_in_batch(q, k, v, dil):
+        split = DilationSplit.of(tuple(spatial), tuple(dil), q.device)
+        parts = [na_op(qg, kg, vg, list(ks), [1] * len(dil), list(st), list(ca), scale)
+                 for qg, kg, vg in zip(split.gather(q), split.gather(k), split.gather(v))]
+        out, lse = (split.scatter(list(ys), q.shape[0], spatial) for ys in zip(*parts))
         return (out, lse) if return_lse else out
     if _native.use_reference("neighborhood_attention", q, k, v, dilation=dil):
         out, lse = ref._NARef.apply(q, k, v, geom, scale)

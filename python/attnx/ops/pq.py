@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _native
 from ..reference import pq as ref
 from ._registry import define
 from .sparse import sparse_call
@@ -27,12 +28,27 @@ topk_op = define("pq_topk", "(Tensor q, Tensor k_codes, Tensor centroids, int k,
                  fake=lambda q, codes, cb, k, causal: q.new_empty((*q.shape[:3], k), dtype=torch.int32), family=FAMILY)
 
 
+def topk_call(q, codes, centroids, k, causal, *, trusted: bool = False):
+    """pq_topk through the native kernel when it covers the call, else the reference.
+
+    The kernel streams each head's codes, so they are laid out head-major first (one small copy
+    unless they already are). ``trusted`` codes (made by pq.encode) skip the check that every
+    code is below C (a read of all codes and a host sync)."""
+    if not _native.covers("pq_topk", q, codes, centroids, topk=k):
+        return ref.pq_topk(q, codes, centroids, k, causal) if q.is_cuda else topk_op(q, codes, centroids, k, causal)
+    if not torch.compiler.is_compiling():
+        ref.check_topk(q, codes, centroids, k, check_values=not trusted)
+    if codes.shape[1] > 1 and codes.stride(1) != codes.shape[3]:
+        codes = codes.transpose(1, 2).contiguous().transpose(1, 2)
+    return topk_op(q, codes, centroids.contiguous(), k, causal)
+
+
 def _pq_sparse_impl(q, k, v, k_top, centroids, causal, scale, num_subspaces, num_centroids):
     # Selection is not differentiable: it only decides which keys each query reads.
     kd = k.detach()
     if centroids is None:
         centroids = fit_op(kd, num_subspaces, num_centroids, 10, 0)
-    idx = topk_op(q.detach(), encode_op(kd, centroids), centroids, k_top, causal)
+    idx = topk_call(q.detach(), encode_op(kd, centroids), centroids, k_top, causal, trusted=True)
     return sparse_call(q, k, v, idx, scale, trusted=True)
 
 

@@ -24,12 +24,13 @@ in chunks: no temporary ever holds more than about ``CHUNK_ELEMENTS`` elements f
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["pq_fit", "pq_update", "pq_encode", "pq_topk", "Codebook", "fit", "update", "encode", "topk",
+__all__ = ["pq_fit", "pq_update", "pq_encode", "pq_topk", "check_topk", "Codebook", "fit", "update", "encode", "topk",
            "quantization_error"]
 
 # Bound on the elements of one temporary (distances or scores): 64M (256 MB in fp32).
@@ -115,6 +116,16 @@ def _nearest(xg: torch.Tensor, cent: torch.Tensor, cnorm: torch.Tensor) -> torch
     return dist.argmin(dim=-1)
 
 
+def _no_autocast(fn):
+    """PQ runs in float32 (float64) whatever autocast region it is called from: under autocast the
+    einsum/baddbmm calls would drop to bf16 and no longer match the float32 buffers they fill."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+    return run
+
+
 # ----------------------------------------------------------------------------------------------
 # k-means
 # ----------------------------------------------------------------------------------------------
@@ -187,6 +198,7 @@ def _lloyd(x: torch.Tensor, cent: torch.Tensor, iters: int) -> torch.Tensor:
     return cent
 
 
+@_no_autocast
 def pq_fit(x: torch.Tensor, num_subspaces: int, num_centroids: int, iters: int, seed: int) -> torch.Tensor:
     """Fit PQ codebooks to keys x [B, L, H, D]: float32 centroids [H, M, C, D // M].
 
@@ -215,6 +227,7 @@ def pq_fit(x: torch.Tensor, num_subspaces: int, num_centroids: int, iters: int, 
     return cent.reshape(h, m, c, d // m).to(torch.float32).contiguous()
 
 
+@_no_autocast
 def pq_update(centroids: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
     """Refresh codebooks on new keys x [B, L, H, D]: ``iters`` Lloyd iterations starting from
     ``centroids`` [H, M, C, D // M] (the incremental update fine-tuning runs every few steps).
@@ -231,6 +244,7 @@ def pq_update(centroids: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Ten
     return cent.reshape(h, m, c, ds).to(torch.float32).clone()
 
 
+@_no_autocast
 def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """PQ codes of x [B, L, H, D]: uint8 [B, L, H, M], codes[b, l, h, m] = argmin_c of
     ||x[b, l, h, m-th subspace] - centroids[h, m, c]||^2 (computed in float32, float64 when x
@@ -252,6 +266,30 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return codes.reshape(b, l, h, m)
 
 
+def check_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: int, check_values: bool = True):
+    """The argument checks of pq_topk (``check_values``: codes < C, one read of the codes and a sync)."""
+    _centroids("centroids", centroids)
+    _x_matches("q", q, centroids)
+    if not isinstance(codes, torch.Tensor):
+        _fail("codes", type(codes).__name__, "a uint8 torch.Tensor [B, Lk, H, M]")
+    if codes.dim() != 4:
+        _fail("codes", f"a tensor of rank {codes.dim()} (shape {tuple(codes.shape)})", "rank 4: [B, Lk, H, M]")
+    if codes.dtype != torch.uint8:
+        _fail("codes", f"dtype {codes.dtype}", "torch.uint8")
+    h, m, c, ds = centroids.shape
+    b = q.shape[0]
+    lk = codes.shape[1]
+    if codes.shape[0] != b or codes.shape[2] != h or codes.shape[3] != m:
+        _fail("codes", f"shape {tuple(codes.shape)}", f"[B, Lk, H, M] = [{b}, Lk, {h}, {m}] (B of 'q', H and M of 'centroids')")
+    _same_device(q=q, codes=codes)
+    _int("k", k, 1)
+    if k > lk:
+        _fail("k", k, f"an int in [1, Lk] = [1, {lk}] (Lk: the number of keys in 'codes')")
+    if check_values and codes.numel() > 0 and int(codes.max()) >= c:
+        _fail("codes", f"a code {int(codes.max())}", f"codes < num_centroids = {c} of 'centroids'")
+
+
+@_no_autocast
 def pq_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: int, causal: bool) -> torch.Tensor:
     """Approximate top-k keys per query by the PQ inner product: int32 [B, Lq, H, k].
 
@@ -263,25 +301,10 @@ def pq_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: in
     number of allowed keys are -1. Queries are processed in chunks so that no score block exceeds
     about CHUNK_ELEMENTS elements. Requires 1 <= k <= Lk.
     """
-    _centroids("centroids", centroids)
-    _x_matches("q", q, centroids)
-    if not isinstance(codes, torch.Tensor):
-        _fail("codes", type(codes).__name__, "a uint8 torch.Tensor [B, Lk, H, M]")
-    if codes.dim() != 4:
-        _fail("codes", f"a tensor of rank {codes.dim()} (shape {tuple(codes.shape)})", "rank 4: [B, Lk, H, M]")
-    if codes.dtype != torch.uint8:
-        _fail("codes", f"dtype {codes.dtype}", "torch.uint8")
+    check_topk(q, codes, centroids, k)
     h, m, c, ds = centroids.shape
     b, lq = q.shape[:2]
     lk = codes.shape[1]
-    if codes.shape[0] != b or codes.shape[2] != h or codes.shape[3] != m:
-        _fail("codes", f"shape {tuple(codes.shape)}", f"[B, Lk, H, M] = [{b}, Lk, {h}, {m}] (B of 'q', H and M of 'centroids')")
-    _same_device(q=q, codes=codes)
-    _int("k", k, 1)
-    if k > lk:
-        _fail("k", k, f"an int in [1, Lk] = [1, {lk}] (Lk: the number of keys in 'codes')")
-    if codes.numel() > 0 and int(codes.max()) >= c:
-        _fail("codes", f"a code {int(codes.max())}", f"codes < num_centroids = {c} of 'centroids'")
     out = torch.full((b, lq, h, k), -1, dtype=torch.int32, device=q.device)
     if b * lq * h == 0:
         return out

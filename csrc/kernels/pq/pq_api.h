@@ -1,0 +1,16 @@
+// Torch-free entry point of the PQ top-k selection (used by the torch bindings).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "../common/cuda_check.h"
+#include "pq_params.h"
+
+namespace attnx::pq {
+
+// kUnsupported outside the kernel's domain (M not in {4, 8, 16}, C > 256, D > 256, or a k
+// whose selection buffer would not fit shared memory: pq_topk_supported says which).
+bool pq_topk_supported(const PqTopkParams& p);
+Status pq_topk(const PqTopkParams& p, cudaStream_t stream);
+
+}  // namespace attnx::pq

@@ -1,0 +1,74 @@
+// Stable-ABI binding of the PQ top-k selection: the CUDA kernel for the attnx::pq_topk schema
+// (defined in python/attnx/ops/pq.py). Code values (< C) are the Python API's business: the
+// kernel's LUT rows are padded to 256 entries, so no code can make it read out of bounds.
+#include <cuda_runtime.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include "checks.h"
+#include "fmha_binding.h"
+#include "pq/pq_api.h"
+
+namespace attnx::binding {
+namespace {
+
+pq::QType q_type(const Tensor& q) {
+  switch (q.scalar_type()) {
+    case ScalarType::Half: return pq::QType::kFloat16;
+    case ScalarType::BFloat16: return pq::QType::kBFloat16;
+    case ScalarType::Float: return pq::QType::kFloat32;
+    default: STD_TORCH_CHECK(false, "attnx::pq_topk: argument 'q' has an unsupported dtype; allowed on CUDA: "
+                                    "float16, bfloat16, float32 (float64 runs the reference through the Python API)");
+  }
+  return pq::QType::kFloat32;
+}
+
+Tensor pq_topk_cuda(Tensor q, Tensor codes, Tensor centroids, int64_t k, bool causal) {
+  constexpr const char* kOp = "attnx::pq_topk";
+  STD_TORCH_CHECK(q.is_cuda() && q.dim() == 4, kOp, ": argument 'q' must be a CUDA tensor [B, Lq, H, D]; got shape ",
+                  shape_str(q));
+  const pq::QType qt = q_type(q);
+  STD_TORCH_CHECK(q.numel() == 0 || q.stride(3) == 1, kOp, ": argument 'q' needs a contiguous last dimension");
+  STD_TORCH_CHECK(codes.is_cuda() && codes.get_device_index() == q.get_device_index() && codes.dim() == 4 &&
+                      codes.scalar_type() == ScalarType::Byte,
+                  kOp, ": argument 'k_codes' must be uint8 [B, Lk, H, M] on the device of 'q'; got shape ",
+                  shape_str(codes));
+  STD_TORCH_CHECK(centroids.is_cuda() && centroids.get_device_index() == q.get_device_index() &&
+                      centroids.dim() == 4 && centroids.scalar_type() == ScalarType::Float && centroids.is_contiguous(),
+                  kOp, ": argument 'centroids' must be contiguous float32 [H, M, C, D / M] on the device of 'q'; got ",
+                  "shape ", shape_str(centroids));
+  const int64_t B = q.size(0), Lq = q.size(1), H = q.size(2), D = q.size(3), Lk = codes.size(1);
+  const int64_t M = centroids.size(1), C = centroids.size(2), ds = centroids.size(3);
+  STD_TORCH_CHECK(centroids.size(0) == H && M * ds == D, kOp, ": argument 'centroids' has shape ",
+                  shape_str(centroids), "; expected [H, M, C, D / M] with H = ", H, " and M * (D / M) = D = ", D);
+  STD_TORCH_CHECK(codes.size(0) == B && codes.size(2) == H && codes.size(3) == M, kOp, ": argument 'k_codes' has shape ",
+                  shape_str(codes), "; expected [", B, ", Lk, ", H, ", ", M, "] (B of 'q', H and M of 'centroids')");
+  STD_TORCH_CHECK(codes.numel() == 0 || codes.stride(3) == 1, kOp,
+                  ": argument 'k_codes' needs a contiguous last dimension");
+  STD_TORCH_CHECK(k >= 1 && k <= Lk, kOp, ": argument 'k' is ", k, "; allowed: 1 <= k <= Lk = ", Lk);
+  torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
+  Tensor out = torch::stable::new_empty(q, {B, Lq, H, k}, ScalarType::Int);
+
+  pq::PqTopkParams p;
+  p.q_type = qt;
+  p.batch = (int)B, p.seqlen_q = (int)Lq, p.seqlen_k = (int)Lk, p.num_heads = (int)H;
+  p.num_subspaces = (int)M, p.num_centroids = (int)C, p.sub_dim = (int)ds, p.topk = (int)k, p.causal = causal;
+  p.q = q.data_ptr();
+  p.q_batch_stride = q.stride(0), p.q_row_stride = q.stride(1), p.q_head_stride = q.stride(2);
+  p.codes = static_cast<const uint8_t*>(codes.data_ptr());
+  p.codes_batch_stride = codes.stride(0), p.codes_row_stride = codes.stride(1), p.codes_head_stride = codes.stride(2);
+  p.centroids = static_cast<const float*>(centroids.data_ptr());
+  p.out = static_cast<int32_t*>(out.data_ptr());
+  STD_TORCH_CHECK(pq::pq_topk_supported(p), kOp, ": no native kernel for M = ", M, ", C = ", C, ", D = ", D,
+                  ", k = ", k, " (native: M in {4, 8, 16}, C <= 256, D <= 256, k + 256 slots of selection buffer in ",
+                  "shared memory, codes aligned to M bytes); the Python API runs the reference for it");
+  check_launched(kOp, pq::pq_topk(p, static_cast<cudaStream_t>(current_stream(kOp, q))));
+  return out;
+}
+
+}  // namespace
+}  // namespace attnx::binding
+
+STABLE_TORCH_LIBRARY_IMPL(attnx, CUDA, m) { m.impl("pq_topk", TORCH_BOX(&attnx::binding::pq_topk_cuda)); }

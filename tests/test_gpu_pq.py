@@ -1,0 +1,184 @@
+"""GPU tests of the native PQ top-k selection (attnx.pq.topk / torch.ops.attnx.pq_topk) against
+exact PQ scores computed here in float64 from the definition (q . decoded key): the chosen keys
+must be distinct, allowed, padded with -1 past the allowed count, and their scores, in the
+order returned, must equal the k largest allowed scores (up to float32 rounding, so near-ties
+may pick either key). Outputs are poisoned before each call.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnx
+from attnx import _native
+from attnx.reference import pq as ref
+from conftest import names_arg
+from test_gpu_attention import poison_allocator
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not _native.has_cuda_kernel("pq_topk")
+    or torch.cuda.get_device_capability() != (9, 0),
+    reason="needs an sm_90 GPU and the native library")
+
+
+def exact_scores(q, codes, cent):
+    """[B, Lq, H, Lk] float64: q . decoded key, from the definition."""
+    h, m, c, ds = cent.shape
+    dec = cent.double()[torch.arange(h, device=codes.device).view(1, 1, h, 1),
+                        torch.arange(m, device=codes.device).view(1, 1, 1, m), codes.long()]
+    return torch.einsum("bihd,bjhd->bihj", q.double(), dec.reshape(*codes.shape[:3], m * ds))
+
+
+def check_selection(idx, q, codes, cent, k, causal):
+    b, lq, h, _ = q.shape
+    lk = codes.shape[1]
+    assert idx.dtype == torch.int32 and idx.shape == (b, lq, h, k)
+    s = exact_scores(q, codes, cent)
+    limit = torch.arange(lq, device=q.device) + lk - lq if causal else torch.full((lq,), lk - 1, device=q.device)
+    allowed = torch.arange(lk, device=q.device).view(1, lk) <= limit.view(lq, 1)  # [Lq, Lk]
+    s = s.masked_fill(~allowed.view(1, lq, 1, lk), float("-inf"))
+    n = allowed.sum(-1).clamp(max=k).view(1, lq, 1).expand(b, lq, h)
+    valid = idx >= 0
+    assert torch.equal(valid.sum(-1), n), "padding with -1 exactly past the allowed keys"
+    assert torch.equal(valid, torch.arange(k, device=q.device).view(1, 1, 1, k) < n.unsqueeze(-1)), "-1 only at the end"
+    il = idx.long()
+    assert bool((il < lk).all())
+    srt = torch.sort(torch.where(valid, il, torch.full_like(il, -1 - lk)), dim=-1).values
+    assert not bool(((srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)).any()), "distinct keys"
+    got = torch.where(valid, s.gather(-1, il.clamp(min=0)), torch.full_like(s[..., :k], float("-inf")))
+    assert bool(torch.isfinite(got[valid]).all()), "only allowed keys"
+    want = s.topk(k, dim=-1).values
+    tol = 1e-5 * s[torch.isfinite(s)].abs().max().item() + 1e-6
+    fin = torch.isfinite(want)
+    assert torch.equal(fin, torch.isfinite(got))
+    err = (got[fin] - want[fin]).abs().max().item() if bool(fin.any()) else 0.0
+    assert err <= tol, f"selected scores differ from the k best by {err} (tol {tol})"
+
+
+def problem(b, lq, lk, h, m, c, ds, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(b, lq, h, m * ds, device="cuda", generator=g).to(dtype)
+    cent = torch.randn(h, m, c, ds, device="cuda", generator=g)
+    codes = torch.randint(0, c, (b, lk, h, m), device="cuda", generator=g, dtype=torch.int32).to(torch.uint8)
+    return q, codes, cent
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("b,lq,lk,h,m,c,ds,k,causal", [
+    (2, 37, 300, 3, 8, 256, 8, 17, False),
+    (1, 64, 2048, 2, 8, 256, 8, 128, False),   # L/16
+    (1, 65, 4096, 2, 16, 256, 8, 256, True),   # head dim 128
+    (2, 33, 1000, 2, 4, 100, 16, 700, False),  # k > 256, C < 256
+    (1, 50, 50, 2, 8, 16, 4, 50, False),       # k == Lk
+    (1, 40, 40, 1, 8, 256, 8, 7, True),        # causal, Lq == Lk: early rows see fewer than k
+    (1, 70, 30, 2, 8, 256, 8, 5, True),        # causal, Lq > Lk: rows seeing no key
+    (1, 9, 777, 1, 16, 64, 2, 1, True),        # k = 1, head dim 32
+])
+def test_topk_selects_the_k_best(dtype, b, lq, lk, h, m, c, ds, k, causal):
+    q, codes, cent = problem(b, lq, lk, h, m, c, ds, dtype, seed=lq + lk)
+    assert _native.covers("pq_topk", q, codes, cent, topk=k)
+    poison_allocator()
+    idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), k, causal=causal)
+    torch.cuda.synchronize()
+    check_selection(idx, q, codes, cent, k, causal)
+
+
+def test_topk_agrees_with_the_reference():
+    q, codes, cent = problem(2, 100, 1500, 2, 8, 256, 8, torch.float32, seed=3)
+    native = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 64)
+    reference = ref.pq_topk(q, codes, cent, 64, False)
+    same = (torch.sort(native, -1).values == torch.sort(reference, -1).values).all(-1).float().mean().item()
+    assert same > 0.98, f"only {same:.3f} of the rows select the reference's key set"
+
+
+def test_equal_scores_go_by_key_index():
+    # Every key has the same codes, so every score ties: the selection buffer overflows at every
+    # level and the kernel takes the lowest indices, in order.
+    q, codes, cent = problem(1, 5, 3000, 2, 8, 256, 8, torch.bfloat16)
+    codes = torch.full_like(codes, 7)
+    idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 300)
+    assert torch.equal(idx, torch.arange(300, device="cuda", dtype=torch.int32).expand_as(idx))
+
+
+def test_clustered_scores_need_refinement_and_stay_exact():
+    # Most keys share a few codes: the threshold's first-level bin holds far more keys than fit.
+    q, codes, cent = problem(1, 16, 4096, 2, 8, 256, 8, torch.float32, seed=5)
+    codes[:, : 3500] = codes[:, :1]
+    codes[:, 1000:1200] = codes[:, 4000:4001]
+    check_selection(attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 256), q, codes, cent, 256, False)
+
+
+def test_deterministic_and_any_code_layout():
+    q, codes, cent = problem(2, 48, 1024, 3, 8, 256, 8, torch.bfloat16, seed=9)
+    cb = attnx.pq.Codebook(cent)
+    a = attnx.pq.topk(q, codes, cb, 64)
+    assert torch.equal(a, attnx.pq.topk(q, codes, cb, 64))
+    head_major = codes.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(a, torch.ops.attnx.pq_topk(q, head_major, cent, 64, False))
+    assert torch.equal(a, torch.ops.attnx.pq_topk(q, codes, cent, 64, False))  # strided rows read in place
+    qs = torch.randn(2, 48, 3, 2, 64, device="cuda", dtype=torch.bfloat16)[..., 0, :]  # strided q
+    qs.copy_(q)
+    assert torch.equal(a, attnx.pq.topk(qs, codes, cb, 64))
+
+
+def test_empty_sizes():
+    q, codes, cent = problem(1, 0, 64, 2, 8, 256, 8, torch.bfloat16)
+    assert attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 4).shape == (1, 0, 2, 4)
+    q, codes, cent = problem(0, 3, 64, 2, 8, 256, 8, torch.bfloat16)
+    assert attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 4).shape == (0, 3, 2, 4)
+
+
+def test_uncovered_configs_run_the_reference():
+    q, codes, cent = problem(1, 20, 200, 2, 2, 16, 32, torch.float32)  # M = 2
+    assert not _native.covers("pq_topk", q, codes, cent, topk=10)
+    check_selection(attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 10), q, codes, cent, 10, False)
+    with pytest.raises(RuntimeError, match="no native kernel"):
+        torch.ops.attnx.pq_topk(q, codes, cent, 10, False)
+    q64 = q.double()
+    assert not _native.covers("pq_topk", q64, codes, cent, topk=10)
+    check_selection(attnx.pq.topk(q64, codes, attnx.pq.Codebook(cent), 10), q64, codes, cent, 10, False)
+
+
+@pytest.mark.parametrize("m,want", [(8, 0.7), (16, 0.8)])
+def test_recall_on_clustered_keys(m, want):
+    # The bench's data (64 shared cluster centres per head, noise 0.5): 16 subspaces of 4 dims
+    # reach the issue's 0.8 at k = L/16; 8 subspaces of 8 dims stay near 0.75.
+    from attnx.bench.cases import clustered_qk, pq_recall
+
+    class Ctx:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+
+    l = 4096
+    q, k = clustered_qk(1, l, 2, 64, Ctx, seed=0)
+    cb = attnx.pq.fit(k, m, 256, iters=10)
+    recall = pq_recall(q, k, attnx.pq.topk(q, attnx.pq.encode(k, cb), cb, l // 16))
+    print(f"native PQ top-{l // 16} recall (L={l}, M={m}, C=256): {recall:.3f}")
+    assert recall > want
+
+
+def test_bad_codes_are_an_error():
+    q, codes, cent = problem(1, 8, 64, 2, 8, 16, 8, torch.bfloat16)
+    codes[0, 3, 1, 2] = 200  # >= C = 16
+    with pytest.raises(ValueError) as e:
+        attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 4)
+    assert names_arg(str(e.value), "codes")
+    with pytest.raises(ValueError) as e:
+        attnx.pq.topk(q, codes[:, :, :1], attnx.pq.Codebook(cent), 4)
+    assert names_arg(str(e.value), "codes")
+    with pytest.raises(ValueError) as e:
+        attnx.pq.topk(q, codes.clamp(max=15), attnx.pq.Codebook(cent), 65)
+    assert names_arg(str(e.value), "k")
+
+
+def test_pq_sparse_attention_uses_the_native_selection():
+    q, k, v = (torch.randn(1, 512, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    cb = attnx.pq.fit(k, 8, 64, iters=3)
+    idx = attnx.pq.topk(q, attnx.pq.encode(k, cb), cb, 32)
+    out = attnx.pq.pq_sparse_attention(q, k, v, 32, codebook=cb)
+    want = attnx.sparse_attention(q, k, v, idx)
+    assert torch.equal(out, want)
+
+
+def test_native_op_passes_opcheck():
+    q, codes, cent = problem(1, 20, 300, 2, 8, 64, 8, torch.bfloat16)
+    torch.library.opcheck(torch.ops.attnx.pq_topk.default, (q, codes, cent, 16, True))
