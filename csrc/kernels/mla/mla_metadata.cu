@@ -1,22 +1,58 @@
 // The split-KV plan of the MLA decode, on the GPU: cut the batch's pages, in sequence order, into
-// num_parts stretches of equal cost (a sequence costs its pages plus a fixed setup share), so a
+// num_parts stretches of equal cost (a piece costs its pages plus a fixed setup share), so a
 // skewed batch (one long sequence among short ones) still spreads over every SM.
 //
-// The walk is sequential and short (one step per piece); the block only loads the lengths in
-// parallel. It must match attnx.reference.mla.mla_decode_metadata_fwd step for step.
+// The walk is sequential and short (one step per piece, a dozen walks for the search); the block
+// only loads the lengths in parallel. It must match attnx.reference.mla.mla_decode_metadata_fwd
+// step for step.
 #include "mla_api.h"
 
 namespace attnx::mla {
 namespace {
 
 constexpr int kPageSize = 64;
-constexpr int kFixedCost = 2;  // pages' worth of per-sequence setup and combine
+constexpr int kFixedCost = 2;  // pages' worth of a piece's query load, output or partial store, combine share
 constexpr int kThreads = 256;
+
+// One part after another in sequence order; each part but the last spends at most per_part (a
+// piece costs kFixedCost + its pages; a piece that could not take a page is not started), the
+// last takes the rest. Writes the plan when metadata is given; returns the last part's cost.
+__device__ long long walk_parts(const int* pages, int batch, int num_parts, long long per_part, int* metadata,
+                                int* num_splits) {
+  int b = 0, page_pos = 0, slot = 0;
+  long long cost = 0;
+  if (metadata != nullptr) num_splits[0] = 0;
+  for (int part = 0; part < num_parts; ++part) {
+    const bool last = part == num_parts - 1;
+    int* meta = metadata != nullptr ? metadata + part * kMetaStride : nullptr;
+    if (meta != nullptr) meta[kBeginBatch] = b, meta[kBeginToken] = page_pos * kPageSize, meta[kBeginSlot] = slot;
+    long long budget = per_part;
+    cost = 0;
+    while (b < batch && (last || budget > kFixedCost)) {
+      budget -= kFixedCost;
+      const int left = pages[b] - page_pos;
+      const int take = last ? left : (int)min((long long)left, budget);
+      page_pos += take;
+      budget -= take;
+      cost += kFixedCost + take;
+      ++slot;  // one piece of sequence b comes from this part
+      if (page_pos >= pages[b]) {
+        if (meta != nullptr) num_splits[b + 1] = slot;
+        ++b, page_pos = 0;
+      }
+    }
+    if (meta != nullptr) {
+      meta[kEndBatch] = b, meta[kEndToken] = page_pos * kPageSize;
+      for (int i = kBeginSlot + 1; i < kMetaStride; ++i) meta[i] = 0;
+    }
+  }
+  return cost;
+}
 
 __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache_seqlens, int batch, int num_parts,
                                                                 int* metadata, int* num_splits) {
   extern __shared__ int pages[];
-  __shared__ long long block_total;
+  __shared__ unsigned long long block_total;
   if (threadIdx.x == 0) block_total = 0;
   __syncthreads();
   long long total = 0;
@@ -25,33 +61,22 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache
     pages[b] = (n + kPageSize - 1) / kPageSize;
     total += pages[b] + kFixedCost;
   }
-  atomicAdd(reinterpret_cast<unsigned long long*>(&block_total), static_cast<unsigned long long>(total));
+  atomicAdd(&block_total, static_cast<unsigned long long>(total));
   __syncthreads();
   if (threadIdx.x != 0) return;
 
-  const long long per_part = max(1LL, (block_total + num_parts - 1) / num_parts);
-  int b = 0, page_pos = 0, slot = 0;
-  num_splits[0] = 0;
-  for (int part = 0; part < num_parts; ++part) {
-    int* meta = metadata + part * kMetaStride;
-    meta[kBeginBatch] = b, meta[kBeginToken] = page_pos * kPageSize, meta[kBeginSlot] = slot;
-    const bool last = part == num_parts - 1;
-    long long budget = per_part;
-    while (b < batch && (last || budget > 0)) {
-      if (page_pos == 0) budget -= kFixedCost;
-      const int left = pages[b] - page_pos;
-      const int take = last ? left : (int)min((long long)left, max(1LL, budget));
-      page_pos += take;
-      budget -= take;
-      ++slot;  // one piece of sequence b comes from this part
-      if (page_pos >= pages[b]) {
-        num_splits[b + 1] = slot;
-        ++b, page_pos = 0;
-      }
-    }
-    meta[kEndBatch] = b, meta[kEndToken] = page_pos * kPageSize;
-    for (int i = kBeginSlot + 1; i < kMetaStride; ++i) meta[i] = 0;
+  // The smallest per-part budget with which the last part is no costlier than the others: the
+  // plan's cost is its costliest part (a binary search over walks of a few hundred steps).
+  const long long all = (long long)block_total;
+  long long lo = max((long long)kFixedCost + 1, (all + num_parts - 1) / num_parts), hi = all + kFixedCost + 1;
+  while (lo < hi) {
+    const long long mid = (lo + hi) / 2;
+    if (walk_parts(pages, batch, num_parts, mid, nullptr, nullptr) <= mid)
+      hi = mid;
+    else
+      lo = mid + 1;
   }
+  walk_parts(pages, batch, num_parts, lo, metadata, num_splits);
 }
 
 }  // namespace

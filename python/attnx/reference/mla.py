@@ -102,25 +102,41 @@ def mla_decode_metadata_fwd(cache_seqlens, num_q_heads: int, num_kv_heads: int =
     """Balanced split-KV plan: cut the (sequence, page) work list into equally costly parts."""
     num_parts = mla_num_parts(cache_seqlens.device, num_q_heads, num_kv_heads, q_len, num_sms)
     pages = [-(-n // PAGE_SIZE) for n in cache_seqlens.tolist()]
-    fixed = 2  # a sequence's fixed cost (setup and its share of the combine), in pages
-    per_part = max(1, -(-(sum(pages) + fixed * len(pages)) // num_parts))
-    meta = torch.zeros((num_parts, 8), dtype=torch.int32)
-    counts = [0] * len(pages)
-    b, page_pos, slot = 0, 0, 0
-    for p in range(num_parts):
-        begin = (b, page_pos * PAGE_SIZE, slot)
-        budget = per_part if p < num_parts - 1 else float("inf")
-        while b < len(pages) and budget > 0:
-            if page_pos == 0:
+    fixed = 2  # a piece's fixed cost (query block load, output or partial store, combine share), in pages
+
+    def walk(per_part):
+        """Cut in sequence order, each part but the last spending at most per_part (a piece costs
+        fixed + its pages); the last takes the rest. Returns the parts' rows, the pieces per
+        sequence and the last part's cost."""
+        rows, counts, b, page_pos, slot, cost = [], [0] * len(pages), 0, 0, 0, 0
+        for p in range(num_parts):
+            begin = (b, page_pos * PAGE_SIZE, slot)
+            budget, cost = (per_part if p < num_parts - 1 else float("inf")), 0
+            while b < len(pages) and budget > fixed:  # a piece that cannot take a page is not started
                 budget -= fixed
-            take = min(pages[b] - page_pos, max(1, budget))
-            page_pos += take
-            budget -= take
-            counts[b] += 1  # one partial result of sequence b comes from this part
-            slot += 1
-            if page_pos >= pages[b]:
-                b, page_pos = b + 1, 0
-        meta[p] = torch.tensor([*begin[:2], b, page_pos * PAGE_SIZE, begin[2], 0, 0, 0], dtype=torch.int32)
+                take = min(pages[b] - page_pos, budget)
+                page_pos += take
+                budget -= take
+                cost += fixed + take
+                counts[b] += 1  # one partial result of sequence b comes from this part
+                slot += 1
+                if page_pos >= pages[b]:
+                    b, page_pos = b + 1, 0
+            rows.append([*begin[:2], b, page_pos * PAGE_SIZE, begin[2], 0, 0, 0])
+        return rows, counts, cost
+
+    # The smallest per-part budget with which the last part is no costlier than the others (a
+    # binary search: the cost of a plan is its costliest part, each piece paying `fixed`).
+    total = sum(pages) + fixed * len(pages)
+    lo, hi = max(fixed + 1, -(-total // num_parts)), total + fixed + 1  # hi: the first part takes everything
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if walk(mid)[2] <= mid:
+            hi = mid
+        else:
+            lo = mid + 1
+    rows, counts, _ = walk(lo)
+    meta = torch.tensor(rows, dtype=torch.int32).reshape(num_parts, 8)
     num_splits = torch.zeros(len(pages) + 1, dtype=torch.int32)
     num_splits[1:] = torch.cumsum(torch.tensor(counts, dtype=torch.int32), 0)
     return MLAMetadata(meta.to(cache_seqlens.device), num_splits.to(cache_seqlens.device))
