@@ -436,7 +436,20 @@ def neighborhood_bwd(ctx: Ctx) -> list:
     return [_na_bwd_case(ctx, spatial, ks, b, h, d) for spatial, ks in cfgs]
 
 
-def _na_bwd_case(ctx, spatial, kernel, b, h, d, stride=1, family="neighborhood_bwd"):
+def _na_bwd_tile_bound(spatial, kernel, stride):
+    """The simulator's bound for the backward's tiles (128-key KV tiles, 64-query Q tiles, the
+    shapes visiting the fewest pairs), against dense tiles of the same sizes."""
+    rank = len(spatial)
+    best = 0.0
+    for kt in attnx.gna._pow2_shapes(rank, 128):
+        for qt in attnx.gna._pow2_shapes(rank, 64):
+            if all(x <= n for x, n in zip(kt, spatial)) and all(x <= n for x, n in zip(qt, spatial)):
+                best = max(best, attnx.gna.speedup_bound(spatial, kernel, stride, 1, False, q_tile=qt,
+                                                         kv_tile=kt)["speedup_bound"])
+    return best
+
+
+def _na_bwd_case(ctx, spatial, kernel, b, h, d, stride=1, family="neighborhood_bwd", model=None):
     """Backward of the neighborhood case. attnx: the forward op once per set (untimed), the timed call
     torch.ops.attnx.neighborhood_attention_backward(dout, None, ...). Peers: flex_attention's
     backward with the NA block mask, and SDPA's dense backward over all tokens (its 'attnx vs' is
@@ -486,20 +499,35 @@ def _na_bwd_case(ctx, spatial, kernel, b, h, d, stride=1, family="neighborhood_b
                            ref_seconds=ref_full, prepare=prepare),
                P.flex_peer(ctx, lambda s: P.na_mask_mod(spatial, kernel, dil, stride, causal_t), tokens=tokens,
                            spatial=spatial, name="flex (NA mask)", backward=True)]
+        dense_flops = BWD_FLOP_FACTOR * attention_flops(b, h, d, tokens * tokens)
         if ctx.cuda and family == "neighborhood_bwd":
-            out += [dataclasses.replace(p, output=None, check=False, flops=BWD_FLOP_FACTOR * attention_flops(
-                        b, h, d, tokens * tokens), note="dense backward over all tokens")
+            out += [dataclasses.replace(p, output=None, check=False, flops=dense_flops,
+                                        note="dense backward over all tokens")
                     for p in P.sdpa_bwd_peers(ctx, causal=False, keys=("q_flat", "k_flat", "v_flat", "dout_flat"))]
+        if ctx.cuda and family == "gna_paper_bwd":  # attnx's own dense backward: "attnx vs" is the speedup
+            out.append(Impl(name="attnx dense backward", run=dense_bwd, prepare=dense_fwd, kernel="peer", check=False,
+                            flops=dense_flops, note="all pairs: its 'attnx vs' is the NA backward's speedup"))
         return out
+
+    def dense_fwd(s):  # once per set, untimed
+        out, lse = torch.ops.attnx.attention(s["q_flat"], s["k_flat"], s["v_flat"], False, None)
+        return dict(s, out=out, lse=lse)
+
+    def dense_bwd(a):
+        return torch.ops.attnx.attention_backward(a["dout_flat"], None, a["q_flat"], a["k_flat"], a["v_flat"], a["out"],
+                                                  a["lse"], False, None)
 
     name = f"{rank}d {_fmt_axes(spatial)} k{_fmt_axes(kernel)}"
     name += (f" s{_fmt_axes(stride)}" if any(x > 1 for x in stride) else "") + f" H{h} D{d}" + (f" B{b}" if b > 1 else "")
+    name = f"{model}: {name}" if model else name
     sb = attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal_t)
+    note = f"FLOP bound {sb['flop_speedup']:.2f}x over dense"
+    if family == "gna_paper_bwd":
+        note = f"GNA paper config; simulator bound {_na_bwd_tile_bound(spatial, kernel, stride):.2f}x, " + note
     return Case(family=family, name=name, make_set=make_set, impls=impls,
                 set_bytes=4 * b * tokens * h * d * ctx.dtype.itemsize, expected=expected,
                 subset=lambda g: tuple(x[-1:, ..., h - hc:, :] for x in g), check_ref_seconds=ref_check,
-                flops=BWD_FLOP_FACTOR * attention_flops(b, h, d, pairs), dtype=ctx.dtype,
-                note=f"FLOP bound {sb['flop_speedup']:.2f}x over dense",
+                flops=BWD_FLOP_FACTOR * attention_flops(b, h, d, pairs), dtype=ctx.dtype, note=note,
                 params={"B": b, "spatial": spatial, "kernel_size": kernel, "H": h, "D": d, "attended_pairs": pairs,
                         "check_heads": hc, "pass": "backward", "flop_factor": BWD_FLOP_FACTOR,
                         "reference_estimate_s": round(ref_full, 2)})
@@ -631,6 +659,12 @@ GNA_PAPER = {
 def gna_paper(ctx: Ctx) -> list:
     cfgs, h, d = GNA_PAPER[ctx.mode]
     return [_na_case(ctx, "gna_paper", sp, ks, st, 1, h, d, model=model) for model, sp, ks, st in cfgs]
+
+
+def gna_paper_bwd(ctx: Ctx) -> list:
+    cfgs, h, d = GNA_PAPER[ctx.mode]
+    return [_na_bwd_case(ctx, sp, ks, 1, h, d, stride=st, family="gna_paper_bwd", model=model)
+            for model, sp, ks, st in cfgs]
 
 
 def gna_bwd(ctx: Ctx) -> list:
@@ -1163,6 +1197,7 @@ FAMILIES = {
     "gna": (gna, "strided NA and attnx.block_sparse_attention over GNA tile plans vs flex"),
     "gna_bwd": (gna_bwd, "backward only: strided NA and block-sparse GNA plans vs flex's backward"),
     "gna_paper": (gna_paper, "the GNA paper's HunyuanVideo and FLUX-4K configurations: fused NA vs attnx dense, flex"),
+    "gna_paper_bwd": (gna_paper_bwd, "backward only: the GNA paper's configurations vs attnx's dense backward, flex"),
     "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),
     "pq_sparse": (pq_sparse, "attnx.sparse_attention / pq_sparse_attention vs dense SDPA"),
 }
