@@ -1036,7 +1036,7 @@ def _pq_topk_case(ctx, b, l, h, d, m, c, k_top):
     return Case(family="pq_sparse", name=f"pq.topk L{l} H{h} D{d} M{m} C{c} k{k_top}", make_set=make_set,
                 impls=impls, set_bytes=2 * b * l * h * d * ctx.dtype.itemsize + b * l * h * m, dtype=ctx.dtype,
                 flops=2.0 * b * h * l * l * d, max_sets=1,
-                note="TFLOP/s as if every q . k were computed (2 L^2 D per head)",
+                note="TFLOP/s: 2 L^2 D per head",
                 params={"B": b, "L": l, "H": h, "D": d, "num_subspaces": m, "num_centroids": c, "k_top": k_top})
 
 
