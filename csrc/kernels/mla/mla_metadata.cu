@@ -11,12 +11,13 @@ namespace attnx::mla {
 namespace {
 
 constexpr int kPageSize = 64;
-constexpr int kFixedCost = 2;  // pages' worth of a piece's query load, output or partial store, combine share
+constexpr int kFixedCost = 2;  // pages' worth of a piece's query block load and output store
+constexpr int kSplitCost = 1;  // more for a piece of a split sequence: fp32 partials stored, read by the combine
 constexpr int kThreads = 256;
 
 // One part after another in sequence order; each part but the last spends at most per_part (a
-// piece costs kFixedCost + its pages; a piece that could not take a page is not started), the
-// last takes the rest. Writes the plan when metadata is given; returns the last part's cost.
+// piece costs kFixedCost + its pages, + kSplitCost unless it is a whole sequence; a piece that
+// could not take a page is not started), the last takes the rest. Writes the plan when metadata is given; returns the last part's cost.
 __device__ long long walk_parts(const int* pages, int batch, int num_parts, long long per_part, int* metadata,
                                 int* num_splits) {
   int b = 0, page_pos = 0, slot = 0;
@@ -29,12 +30,14 @@ __device__ long long walk_parts(const int* pages, int batch, int num_parts, long
     long long budget = per_part;
     cost = 0;
     while (b < batch && (last || budget > kFixedCost)) {
-      budget -= kFixedCost;
       const int left = pages[b] - page_pos;
+      const int extra = page_pos > 0 || (!last && left + kFixedCost > budget) ? kSplitCost : 0;
+      if (!last && budget <= kFixedCost + extra) break;
+      budget -= kFixedCost + extra;
       const int take = last ? left : (int)min((long long)left, budget);
       page_pos += take;
       budget -= take;
-      cost += kFixedCost + take;
+      cost += kFixedCost + extra + take;
       ++slot;  // one piece of sequence b comes from this part
       if (page_pos >= pages[b]) {
         if (meta != nullptr) num_splits[b + 1] = slot;

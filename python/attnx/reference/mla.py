@@ -102,22 +102,27 @@ def mla_decode_metadata_fwd(cache_seqlens, num_q_heads: int, num_kv_heads: int =
     """Balanced split-KV plan: cut the (sequence, page) work list into equally costly parts."""
     num_parts = mla_num_parts(cache_seqlens.device, num_q_heads, num_kv_heads, q_len, num_sms)
     pages = [-(-n // PAGE_SIZE) for n in cache_seqlens.tolist()]
-    fixed = 2  # a piece's fixed cost (query block load, output or partial store, combine share), in pages
+    fixed = 2  # a piece's fixed cost (query block load, output store), in pages
+    split = 1  # more for a piece of a split sequence (fp32 partials stored, then read by the combine)
 
     def walk(per_part):
         """Cut in sequence order, each part but the last spending at most per_part (a piece costs
-        fixed + its pages); the last takes the rest. Returns the parts' rows, the pieces per
+        fixed + its pages, + split unless it is a whole sequence); the last takes the rest. Returns the parts' rows, the pieces per
         sequence and the last part's cost."""
         rows, counts, b, page_pos, slot, cost = [], [0] * len(pages), 0, 0, 0, 0
         for p in range(num_parts):
             begin = (b, page_pos * PAGE_SIZE, slot)
             budget, cost = (per_part if p < num_parts - 1 else float("inf")), 0
             while b < len(pages) and budget > fixed:  # a piece that cannot take a page is not started
-                budget -= fixed
-                take = min(pages[b] - page_pos, budget)
+                left = pages[b] - page_pos
+                extra = split if page_pos > 0 or left + fixed > budget else 0
+                if budget <= fixed + extra:
+                    break
+                budget -= fixed + extra
+                take = min(left, budget)
                 page_pos += take
                 budget -= take
-                cost += fixed + take
+                cost += fixed + extra + take
                 counts[b] += 1  # one partial result of sequence b comes from this part
                 slot += 1
                 if page_pos >= pages[b]:
