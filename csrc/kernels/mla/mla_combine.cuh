@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(MlaCombineShape<kHeadDimV>::kThreads)
       if (warp == 0) weight[lane] = base + lane < n ? __expf(lse_accum[acc_row(base + lane)] - lse) : 0.f;
       __syncthreads();
       const int count = min(32, n - base);
-#pragma unroll 8
+#pragma unroll 16
       for (int j = 0; j < count; ++j) {
         const float w = weight[j];  // 0 for an empty piece (lse_i = -inf)
         const float4 v = o_accum[acc_row(base + j) * (kHeadDimV / 4) + threadIdx.x];
