@@ -17,8 +17,9 @@
 // equal scores) are chosen by index.
 //
 // Codes are read as one M-byte vector per key; with head-major codes (row stride M) a warp reads
-// 32 consecutive keys' codes in one transaction. Bank conflicts of the LUT lookups (random codes)
-// are what bounds the scoring rate.
+// 32 consecutive keys' codes in one transaction. The LUT lookups (random codes: ~2.8-way bank
+// conflicts) bound the scoring rate; the loop runs 4-5x short of that bound, latency and issue
+// bound (docs/perf-notes.md). Tensor-core scores (q . decoded key) are the next step.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
