@@ -150,6 +150,22 @@ def test_varlen_values_rechecked_after_in_place_change():
         attnx.varlen_attention(q, q, q, cu, cu, 6, 6)
 
 
+def test_varlen_remembered_layout_still_checks_other_calls():
+    """A layout seen before skips the structural checks; any other call still takes them: a bool
+    max_seqlen (hashes like 1), a different window, a CPU cu_seqlens."""
+    d = 128 if built(torch.bfloat16, 128) else 64
+    q = torch.randn(10, 2, d, device="cuda", dtype=torch.bfloat16)
+    cu = cu_seqlens([1, 9])
+    attnx.varlen_attention(q, q, q, cu, cu, 9, 9)
+    attnx.varlen_attention(q, q, q, cu, cu, 9, 9)  # remembered
+    with pytest.raises(ValueError, match="max_seqlen_q"):
+        attnx.varlen_attention(q, q, q, cu, cu, True, 9)
+    with pytest.raises(ValueError, match="window"):
+        attnx.varlen_attention(q, q, q, cu, cu, 9, 9, window=(-2, 0))
+    with pytest.raises(ValueError, match="cu_seqlens_q"):
+        attnx.varlen_attention(q, q, q, cu.cpu(), cu, 9, 9)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_varlen_backward_kernel_matches_reference(seed):
     rng = random.Random(100 + seed)

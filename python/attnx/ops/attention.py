@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from .._checked_once import CheckedOnce
+from .._checked_once import CheckedOnce, NativeLayouts
 from ..reference import dense_varlen as ref
 from ._registry import define, define_attention_like
 
@@ -87,19 +87,7 @@ def attention(q, k, v, *, causal=False, scale=None, return_lse=False):
 _varlen_checked = CheckedOnce()
 
 
-_varlen_native_layouts: set = set()  # CUDA call layouts that passed the checks and run the native kernel
-
-
-def _varlen_layout(q, k, v, cu_q, cu_k, max_q, max_k, window):
-    """The call's layout (None for anything but CUDA tensors and plain ints: those take the full checks)."""
-    if not (all(type(t) is torch.Tensor for t in (q, k, v, cu_q, cu_k)) and q.is_cuda
-            and type(max_q) is int and type(max_k) is int and type(window) in (tuple, list) and len(window) == 2
-            and all(type(w) is int for w in window)):
-        return None
-    return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16, k.shape, k.stride(), k.dtype, k.device,
-            k.data_ptr() % 16, v.shape, v.stride(), v.dtype, v.device, v.data_ptr() % 16, cu_q.shape, cu_q.dtype,
-            cu_q.device, cu_k.shape, cu_k.dtype, cu_k.device, max_q, max_k, tuple(window),
-            torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))  # needs a backward
+_varlen_layouts = NativeLayouts()
 
 
 def _check_varlen_values_once(q, k, cu_q, cu_k, max_q, max_k):
@@ -116,19 +104,15 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
                      window=(-1, -1), scale=None, return_lse=False):
     """Padding-free attention over packed sequences; see :func:`attnx.reference.varlen_attention`."""
     compiling = torch.compiler.is_compiling()
-    # A model calls every layer with the same layout: the structural checks and the native /
-    # reference decision depend only on it, so a layout seen before skips them (host time that a
-    # short batch's kernel would otherwise wait for).
-    sig = None if compiling else _varlen_layout(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                                window)
-    native = sig is not None and sig in _varlen_native_layouts
+    sig = None if compiling else NativeLayouts.key(
+        (q, k, v, cu_seqlens_q, cu_seqlens_k), max_seqlen_q, max_seqlen_k, window,
+        int(torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (q, k, v))))  # backward?
+    native = sig in _varlen_layouts
     if not native:
         ref.check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window)
         native = not _native.use_reference("varlen_attention", q, k, v)
-        if native and sig is not None:
-            if len(_varlen_native_layouts) > 256:
-                _varlen_native_layouts.clear()
-            _varlen_native_layouts.add(sig)
+        if native:
+            _varlen_layouts.add(sig)
     if not native:
         out, lse = ref._VarlenRef.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                         bool(causal), tuple(window), scale)

@@ -5,7 +5,7 @@ import torch
 
 from .. import _native
 from .. import _validate as V
-from .._checked_once import CheckedOnce
+from .._checked_once import CheckedOnce, NativeLayouts
 from ..reference import mla as ref
 from ..reference._core import lse_dtype
 from ._registry import define
@@ -52,14 +52,7 @@ def mla_decode_metadata(cache_seqlens, num_q_heads, num_kv_heads=1, q_len=1):
 
 
 _values_checked = CheckedOnce()
-_native_layouts: set = set()  # call layouts that passed the checks and run the native kernel
-
-
-def _layout(q, kv_cache, block_table, cache_seqlens, head_dim_v):
-    return (q.shape, q.stride(), q.dtype, q.device, q.data_ptr() % 16, kv_cache.shape, kv_cache.stride(),
-            kv_cache.dtype, kv_cache.device, kv_cache.data_ptr() % 16, block_table.shape, block_table.stride(),
-            block_table.dtype, block_table.device, cache_seqlens.shape, cache_seqlens.stride(), cache_seqlens.dtype,
-            cache_seqlens.device, head_dim_v)
+_native_layouts = NativeLayouts()
 
 
 def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale=None, causal=False, metadata=None):
@@ -75,21 +68,12 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale
     with ``ATTNX_DEBUG=1`` (the kernel reads ids outside the cache as zero pages, never out of bounds).
     """
     compiling = torch.compiler.is_compiling()
-    # Decode calls every layer with tensors of the same layout: the structural checks and the
-    # native/reference decision are a function of this signature (q's alignment included), so a
-    # layout seen before skips them (they cost more host time than a small batch's kernel).
-    sig = None
-    if (not compiling and all(isinstance(t, torch.Tensor) for t in (q, kv_cache, block_table, cache_seqlens))
-            and q.is_cuda and isinstance(head_dim_v, int)):
-        sig = _layout(q, kv_cache, block_table, cache_seqlens, head_dim_v)
-    if sig is None or sig not in _native_layouts:
+    sig = None if compiling else NativeLayouts.key((q, kv_cache, block_table, cache_seqlens), head_dim_v)
+    if sig not in _native_layouts:
         ref.check_mla(q, kv_cache, block_table, cache_seqlens, head_dim_v, check_values=False)
         if _native.use_reference("mla_decode", q, kv_cache, head_dim_v=head_dim_v):
             return _decode_impl(q, kv_cache, block_table, cache_seqlens, head_dim_v, scale, bool(causal), None, None)
-        if sig is not None:
-            if len(_native_layouts) > 256:
-                _native_layouts.clear()
-            _native_layouts.add(sig)
+        _native_layouts.add(sig)
     if q.is_cuda and not compiling:
         debug = V.debug_checks()
         _values_checked((cache_seqlens, block_table), (tuple(kv_cache.shape), debug),
