@@ -40,6 +40,8 @@ SHAPES = [  # B, Lq, Lk, Hq, Hk
     (1, 1000, 1000, 3, 3),
     (1, 64, 65, 8, 8),
     (3, 200, 17, 2, 2),
+    (2, 512, 512, 4, 2),  # the longest problem of the short-problem tiles
+    (1, 3, 512, 2, 2),
 ]
 
 

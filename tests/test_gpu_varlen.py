@@ -53,6 +53,7 @@ LENGTHS = [
     ([7, 130, 1, 257], [7, 130, 1, 257]),
     ([200, 33], [64, 300]),  # Lq != Lk: bottom-right alignment per sequence
     ([128, 129, 0, 511], [128, 129, 17, 511]),
+    ([600, 40, 513], [600, 40, 513]),  # past the short-problem tiles' 512
 ]
 
 

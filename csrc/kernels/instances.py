@@ -36,7 +36,7 @@ class Family:
 
 FAMILIES = {
     "fmha_fwd": Family("fmha/fmha_fwd_launch.cuh", "fmha/fmha_api.h", "attnx::fmha", "FmhaFwdParams",
-                       "run_fmha_fwd<FmhaFwdConfig<{elem}, {d}>::Traits>(p, stream)"),
+                       "run_fmha_fwd_config<FmhaFwdConfig<{elem}, {d}>>(p, stream)"),
     "fmha_bwd": Family("fmha/fmha_bwd_launch.cuh", "fmha/fmha_api.h", "attnx::fmha", "FmhaBwdParams",
                        "run_fmha_bwd<FmhaBwdConfig<{elem}, {d}>::Traits>(p, stream)"),
     "mla_decode": Family("mla/mla_decode_launch.cuh", "mla/mla_api.h", "attnx::mla", "MlaDecodeParams",

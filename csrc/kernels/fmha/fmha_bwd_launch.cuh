@@ -6,6 +6,7 @@
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
+#include "../common/kernel_attributes.h"
 #include "fmha_bwd_kernel.cuh"
 #include "fmha_bwd_prepost.cuh"
 
@@ -62,8 +63,8 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
     block_sparse_transpose_kernel<Traits::kBlockN><<<lists_grid, 128, 0, stream>>>(p);
   }
   auto kernel = block_sparse ? fmha_bwd_kernel<Traits, true> : fmha_bwd_kernel<Traits, false>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
-    return Status::kCudaError;
+  static KernelAttributesOnce attributes[2];  // per kernel: the range walk, the block-sparse lists
+  if (attributes[block_sparse].set(kernel, Traits::kSmemBytes) != cudaSuccess) return Status::kCudaError;
   const dim3 grid((unsigned)(num_n_blocks * p.batch), p.num_heads_k);
   kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
 

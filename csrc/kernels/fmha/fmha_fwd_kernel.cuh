@@ -37,7 +37,7 @@ __device__ auto fmha_fwd_walk(const FmhaFwdParams& p, const Mask& mask, const Va
 }
 
 template <class Traits, bool kBlockSparse>
-__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+__global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
     fmha_fwd_kernel(const __grid_constant__ FmhaFwdKernelParams<Traits> kp) {
   using Pipeline = typename Traits::Pipeline;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;

@@ -7,6 +7,7 @@
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
+#include "../common/kernel_attributes.h"
 #include "fmha_fwd_kernel.cuh"
 
 namespace attnx::fmha {
@@ -24,7 +25,7 @@ __global__ void fmha_fwd_no_keys_kernel(FmhaFwdParams p, int batches, int rows) 
   }
 }
 
-template <class Traits>
+template <class Traits, bool kWithBlockSparse = true>
 Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
   using Element = typename Traits::Element;
   using namespace cute;
@@ -59,12 +60,26 @@ Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
   if (block_sparse && (packed || p.causal || p.window_left >= 0 || p.window_right >= 0 ||
                        p.bs_q_block != Traits::kBlockM || p.bs_kv_block != Traits::kBlockN))
     return Status::kUnsupported;
-  auto kernel = block_sparse ? fmha_fwd_kernel<Traits, true> : fmha_fwd_kernel<Traits, false>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
+  if (block_sparse && !kWithBlockSparse) return Status::kUnsupported;
+  auto kernel = fmha_fwd_kernel<Traits, false>;
+  if constexpr (kWithBlockSparse)
+    if (block_sparse) kernel = fmha_fwd_kernel<Traits, true>;
+  static KernelAttributesOnce attributes[2];  // per kernel: the range walk, the block-sparse lists
+  if (attributes[block_sparse].set(kernel, Traits::kSmemBytes, Traits::kMinBlocksPerSm > 1) != cudaSuccess)
     return Status::kCudaError;
   const dim3 grid((unsigned)(num_m_blocks * p.batch), p.num_heads_q);
   kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+// One call's tile configuration (FmhaFwdConfig): short problems run the small CTAs. Packed
+// inputs give their longest sequences as seqlen_q / seqlen_k.
+template <class Config>
+Status run_fmha_fwd_config(const FmhaFwdParams& p, cudaStream_t stream) {
+  const int longest = p.seqlen_q > p.seqlen_k ? p.seqlen_q : p.seqlen_k;
+  if (p.kv_block_index == nullptr && longest <= Config::kShortMaxSeqlen)
+    return run_fmha_fwd<typename Config::ShortTraits, false>(p, stream);
+  return run_fmha_fwd<typename Config::Traits>(p, stream);
 }
 
 }  // namespace attnx::fmha

@@ -18,7 +18,8 @@ namespace attnx::fmha {
 
 using namespace cute;
 
-template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_>
+template <typename Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kStages_, bool kPingPong_,
+          int kMinBlocksPerSm_ = 1>
 struct FmhaFwdTraits {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   static constexpr int kHeadDim = kHeadDim_;
@@ -33,10 +34,19 @@ struct FmhaFwdTraits {
   static constexpr int kNumMmaWarpgroups = kBlockM / 64;
   static constexpr int kNumMmaThreads = 128 * kNumMmaWarpgroups;
   static constexpr int kNumThreads = kNumMmaThreads + 128;
+  // CTAs resident per SM (the kernel's launch bound): more than one lets one CTA's start-up and
+  // epilogue run beside another's GEMMs, which pays where walks are a few tiles long.
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
   // Register budget after setmaxnreg: the producer keeps a minimum, consumers share the rest of
-  // the 64K-register file (kNumThreads * regs <= 65536, multiples of 8).
+  // the registers this CTA launched with (its share of the 64K file, at most 255 per thread);
+  // multiples of 8, at most 240.
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = kNumMmaWarpgroups == 2 ? 240 : 160;
+  static constexpr int kConsumerRegs = [] {
+    int launch = 65536 / (kMinBlocksPerSm * kNumThreads);
+    launch = (launch > 255 ? 255 : launch) / 8 * 8;
+    const int consumer = (launch * kNumThreads - 128 * kProducerRegs) / kNumMmaThreads / 8 * 8;
+    return consumer > 240 ? 240 : consumer;
+  }();
 
   using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;
   using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;
@@ -86,20 +96,30 @@ struct FmhaFwdTraits {
   };
   static constexpr int kSmemBytes = sizeof(SharedStorage);
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");
+  // 1 KB of each SM's 228 KB is reserved per resident CTA.
+  static_assert(kMinBlocksPerSm * (kSmemBytes + 1024) <= 228 * 1024, "resident CTAs exceed the SM's shared memory");
 };
 
 // Tile shapes per head dim (one place; measurements in docs/perf-notes.md). Head dim 64 is
 // softmax-bound (the exponentials cost about as much as its GEMMs): three consumer warpgroups
 // taking turns keep the tensor cores busy. Head dim 128 ran faster without the turns.
+// Short problems (no sequence longer than kShortMaxSeqlen) walk a few KV tiles per CTA, and
+// starting a CTA and writing its output cost about as much as its mainloop: ShortTraits runs
+// 64-row CTAs, several resident per SM, so one CTA's start-up and epilogue overlap another's
+// GEMMs (measured crossovers: 2048 at head dim 64, 1024 at 128).
 template <typename Element, int kHeadDim>
 struct FmhaFwdConfig;
 template <typename Element>
 struct FmhaFwdConfig<Element, 64> {
   using Traits = FmhaFwdTraits<Element, 64, 192, 128, 2, true>;
+  using ShortTraits = FmhaFwdTraits<Element, 64, 64, 64, 2, false, 3>;
+  static constexpr int kShortMaxSeqlen = 2048;
 };
 template <typename Element>
 struct FmhaFwdConfig<Element, 128> {
   using Traits = FmhaFwdTraits<Element, 128, 128, 128, 2, false>;
+  using ShortTraits = FmhaFwdTraits<Element, 128, 64, 64, 2, false, 2>;
+  static constexpr int kShortMaxSeqlen = 1024;
 };
 
 }  // namespace attnx::fmha

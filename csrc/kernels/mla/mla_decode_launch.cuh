@@ -8,6 +8,7 @@
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
+#include "../common/kernel_attributes.h"
 #include "mla_combine.cuh"
 #include "mla_decode_kernel.cuh"
 
@@ -44,16 +45,8 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
       mKV.shape(),
   };
   auto kernel = mla_decode_kernel<Traits>;
-  // Once per process and device would do; the attribute call costs microseconds that a decode
-  // step (tens of microseconds) notices, so remember success per device.
-  static bool smem_set[64] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return Status::kCudaError;
-  if (device >= 64 || !smem_set[device]) {
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Traits::kSmemBytes) != cudaSuccess)
-      return Status::kCudaError;
-    if (device < 64) smem_set[device] = true;
-  }
+  static KernelAttributesOnce attributes;
+  if (attributes.set(kernel, Traits::kSmemBytes) != cudaSuccess) return Status::kCudaError;
   kernel<<<dim3(num_m_blocks, p.num_parts, p.num_heads_k), Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
   if (cudaGetLastError() != cudaSuccess) return Status::kCudaError;
 

@@ -7,6 +7,7 @@
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
+#include "../common/kernel_attributes.h"
 #include "na_bwd_kernel.cuh"
 #include "na_bwd_traits.h"
 
@@ -43,9 +44,8 @@ Status run_na_bwd(const NaBwdParams& p, cudaStream_t stream) {
     return Status::kCudaError;
   na_bwd_preprocess_kernel<Element, Traits::kHeadDim><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);
   auto kernel = na_bwd_kernel<Traits>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kNaBwdSmemBytes<Traits>) !=
-      cudaSuccess)
-    return Status::kCudaError;
+  static KernelAttributesOnce attributes;
+  if (attributes.set(kernel, kNaBwdSmemBytes<Traits>) != cudaSuccess) return Status::kCudaError;
   const dim3 grid((unsigned)(num_kv_tiles * p.batch), p.num_heads_k);
   kernel<<<grid, Traits::kNumThreads, kNaBwdSmemBytes<Traits>, stream>>>(kp);
   na_bwd_postprocess_kernel<Element, Traits::kHeadDim><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);

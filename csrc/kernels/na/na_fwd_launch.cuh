@@ -12,6 +12,7 @@
 #include <cutlass/cuda_host_adapter.hpp>
 
 #include "../common/cuda_check.h"
+#include "../common/kernel_attributes.h"
 #include "na_fwd_kernel.cuh"
 #include "na_tile_choice.h"
 
@@ -65,8 +66,8 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
   kp.num_work = (int)num_work;
 
   auto kernel = na_fwd_kernel<Traits>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kNaSmemBytes<Traits>) != cudaSuccess)
-    return Status::kCudaError;
+  static KernelAttributesOnce attributes;
+  if (attributes.set(kernel, kNaSmemBytes<Traits>) != cudaSuccess) return Status::kCudaError;
   // One CTA per work tile by default (the kernel's loop runs once): the persistent grid measured
   // no better (docs/perf-notes.md, fused NA). ATTNX_NA_PERSISTENT=1 selects it for experiments.
   const char* persistent = std::getenv("ATTNX_NA_PERSISTENT");
