@@ -106,7 +106,7 @@ struct FmhaFwdTraits {
 // Short problems (no sequence longer than kShortMaxSeqlen) walk a few KV tiles per CTA, and
 // starting a CTA and writing its output cost about as much as its mainloop: ShortTraits runs
 // 64-row CTAs, several resident per SM, so one CTA's start-up and epilogue overlap another's
-// GEMMs (measured crossovers: 2048 at head dim 64, 1024 at 128).
+// GEMMs (measured crossovers: about 2048 at head dim 64, between 512 and 1024 at 128).
 template <typename Element, int kHeadDim>
 struct FmhaFwdConfig;
 template <typename Element>
@@ -119,7 +119,7 @@ template <typename Element>
 struct FmhaFwdConfig<Element, 128> {
   using Traits = FmhaFwdTraits<Element, 128, 128, 128, 2, false>;
   using ShortTraits = FmhaFwdTraits<Element, 128, 64, 64, 2, false, 2>;
-  static constexpr int kShortMaxSeqlen = 1024;
+  static constexpr int kShortMaxSeqlen = 512;
 };
 
 }  // namespace attnx::fmha
