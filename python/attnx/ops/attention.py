@@ -13,7 +13,8 @@ FAMILY = "varlen"
 attention_op, attention_backward_op = define_attention_like(
     "attention", "bool causal=False, float? scale=None",
     lambda q, k, v, causal, scale: ref.attention_fwd(q, k, v, causal, scale),
-    lambda dout, dlse, q, k, v, out, lse, causal, scale: ref.attention_bwd(dout, dlse, q, k, v, causal, scale),
+    lambda dout, dlse, q, k, v, out, lse, causal, scale: ref.attention_bwd(dout, dlse, q, k, v, causal, scale,
+                                                                            out=out, lse=lse),
     family="dense")
 
 varlen_op, varlen_backward_op = define_attention_like(
@@ -22,7 +23,7 @@ varlen_op, varlen_backward_op = define_attention_like(
     "int window_left=-1, int window_right=-1, float? scale=None",
     lambda q, k, v, cq, ck, mq, mk, causal, wl, wr, scale: ref.varlen_fwd(q, k, v, cq, ck, mq, mk, causal, (wl, wr), scale),
     lambda dout, dlse, q, k, v, out, lse, cq, ck, mq, mk, causal, wl, wr, scale: ref.varlen_bwd(
-        dout, dlse, q, k, v, cq, ck, causal, (wl, wr), scale),
+        dout, dlse, q, k, v, cq, ck, causal, (wl, wr), scale, out=out, lse=lse),
     family=FAMILY)
 
 

@@ -49,11 +49,16 @@ def _dense_rows(qc, k, v, sl: slice, lq: int, left: int, right: int, scale: floa
     return (p @ vv).transpose(1, 2), lse.transpose(1, 2)
 
 
-def _dense_rows_backward(qc, k, v, sl, lq, left, right, scale, dout, dlse, dk_acc, dv_acc):
-    p, _, kk, vv = _dense_probs(qc, k, v, sl, lq, left, right, scale)
+def _dense_rows_backward(qc, k, v, sl, lq, left, right, scale, dout, dlse, dk_acc, dv_acc, stats=None):
+    p, own_lse, kk, vv = _dense_probs(qc, k, v, sl, lq, left, right, scale)
     do = dout.to(p.dtype).transpose(1, 2)  # [B, H, c, Dv]
-    ds = softmax_backward(p, do @ vv.transpose(-1, -2), ((p @ vv) * do).sum(-1),
-                          None if dlse is None else dlse.to(p.dtype).transpose(1, 2))
+    if stats is None:
+        delta = ((p @ vv) * do).sum(-1)
+    else:  # gradients at the given row statistics (out, lse), as the kernels take them
+        out, lse = (x[:, sl].to(p.dtype).transpose(1, 2) for x in stats)
+        p = p * torch.where(torch.isinf(own_lse), torch.zeros_like(own_lse), torch.exp(own_lse - lse)).unsqueeze(-1)
+        delta = (out * do).sum(-1)
+    ds = softmax_backward(p, do @ vv.transpose(-1, -2), delta, None if dlse is None else dlse.to(p.dtype).transpose(1, 2))
     hk = k.shape[2]
     dk_acc += reduce_kv_heads(ds.transpose(-1, -2) @ qc.to(p.dtype).transpose(1, 2) * scale, hk, 1).transpose(1, 2)
     dv_acc += reduce_kv_heads(p.transpose(-1, -2) @ do, hk, 1).transpose(1, 2)
@@ -76,14 +81,22 @@ def attention_fwd(q, k, v, causal: bool, scale, window=(-1, -1)):
                            q.dtype, lse_dtype(q.dtype))
 
 
-def attention_bwd(dout, dlse, q, k, v, causal: bool, scale, window=(-1, -1)):
-    """(dq, dk, dv) of dense attention by chunked recompute."""
+def attention_bwd(dout, dlse, q, k, v, causal: bool, scale, window=(-1, -1), out=None, lse=None):
+    """(dq, dk, dv) of dense attention by chunked recompute.
+
+    With ``out`` and ``lse`` given, the gradients are taken at those row statistics, as the
+    kernels do: P = exp(S - lse) and rowsum(dO * out). For the (out, lse) of this very attention
+    that is the same thing; for a block of keys inside a longer row (context parallelism: lse and
+    out of the whole row) it gives the block's share of the row's gradients.
+    """
     scale = default_scale(scale, q.shape[-1])
     left, right = window
     if causal:
         right = 0 if right < 0 else min(right, 0)
     lq = q.shape[1]
-    fn = lambda qc, do, dl, sl, dk, dv: _dense_rows_backward(qc, k, v, sl, lq, left, right, scale, do, dl, dk, dv)  # noqa: E731
+    stats = None if out is None or lse is None else (out, lse)
+    fn = lambda qc, do, dl, sl, dk, dv: _dense_rows_backward(qc, k, v, sl, lq, left, right, scale, do, dl, dk, dv,  # noqa: E731
+                                                             stats)
     return chunked_backward(fn, q, k, v, dout, dlse, _dense_chunks(q, k))
 
 
@@ -179,15 +192,17 @@ def varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, causal, window, scale):
     return out, lse
 
 
-def varlen_bwd(dout, dlse, q, k, v, cu_q, cu_k, causal, window, scale):
+def varlen_bwd(dout, dlse, q, k, v, cu_q, cu_k, causal, window, scale, out=None, lse=None):
+    """(dq, dk, dv) per sequence; with ``out``/``lse`` at those statistics (see :func:`attention_bwd`)."""
     bq, bk = cu_q.tolist(), cu_k.tolist()
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     for b in range(len(bq) - 1):
         (q0, q1), (k0, k1) = (bq[b], bq[b + 1]), (bk[b], bk[b + 1])
         if q1 == q0 or k1 == k0:
             continue
+        stats = {} if out is None or lse is None else {"out": out[None, q0:q1], "lse": lse[None, q0:q1]}
         g = attention_bwd(dout[None, q0:q1], None if dlse is None else dlse[None, q0:q1],
-                          q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, scale, tuple(window))
+                          q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, scale, tuple(window), **stats)
         dq[q0:q1], dk[k0:k1], dv[k0:k1] = g[0][0], g[1][0], g[2][0]
     return dq, dk, dv
 

@@ -1,0 +1,110 @@
+"""Head-parallel attention: all-to-all from sequence shards to head groups and back.
+
+Each rank trades its sequence shard of every head for the whole sequence of H/W heads (one
+all-to-all per tensor), runs the single-GPU kernel on that, and trades back. Four all-to-alls
+in the forward (q, k, v, out), four in the backward; each moves (W-1)/W of a shard, so the
+volume per rank does not grow with W, but none of it overlaps the attention and W may not
+exceed the KV head count. The ring moves (W-1) KV shards per rank, hidden under the attention
+when the shards are long; it has no head-count limit. docs/perf-notes.md has the measurements.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..ops.attention import attention
+from ..reference import dense_varlen as ref
+from ._group import agree, rank_world
+from .context_parallel import _shape_fields
+from .layout import chunk_ids, num_chunks
+
+
+def _natural_order(world: int, n_local: int, causal: bool, device) -> torch.Tensor:
+    """Positions in the rank-major gathered sequence of each natural position."""
+    per = len(chunk_ids(0, world, causal))
+    c = n_local // per
+    where = torch.empty(num_chunks(world, causal) * c, dtype=torch.int64)
+    for r in range(world):
+        for i, chunk in enumerate(chunk_ids(r, world, causal)):
+            where[chunk * c:(chunk + 1) * c] = torch.arange(r * n_local + i * c, r * n_local + (i + 1) * c)
+    return where.to(device)
+
+
+def _seq_to_heads(x, group, world, order):
+    """[B, n, H, D] sequence shard -> [B, W*n, H/W, D] full sequence of this rank's head group."""
+    b, n, h, d = x.shape
+    send = x.reshape(b, n, world, h // world, d).permute(2, 0, 1, 3, 4).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    full = recv.permute(1, 0, 2, 3, 4).reshape(b, world * n, h // world, d)
+    return full if order is None else full.index_select(1, order)
+
+
+def _heads_to_seq(x, group, world, inverse):
+    """Inverse of :func:`_seq_to_heads`: [B, L, H/W, D] -> [B, L/W, H, D] (also for lse, D absent)."""
+    squeeze = x.dim() == 3
+    if squeeze:
+        x = x.unsqueeze(-1)
+    if inverse is not None:
+        x = x.index_select(1, inverse)
+    b, length, hg, d = x.shape
+    n = length // world
+    send = x.reshape(b, world, n, hg, d).permute(1, 0, 2, 3, 4).contiguous()
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    out = recv.permute(1, 2, 0, 3, 4).reshape(b, n, world * hg, d)
+    return out.squeeze(-1) if squeeze else out
+
+
+class _SeqToHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, world, order, inverse):
+        ctx.args = (group, world, inverse)
+        return _seq_to_heads(x, group, world, order)
+
+    @staticmethod
+    def backward(ctx, g):
+        group, world, inverse = ctx.args
+        return _heads_to_seq(g.contiguous(), group, world, inverse), None, None, None, None
+
+
+class _HeadsToSeq(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, group, world, order, inverse):
+        ctx.args = (group, world, order)
+        return _heads_to_seq(x, group, world, inverse)
+
+    @staticmethod
+    def backward(ctx, g):
+        if g is None:
+            return None, None, None, None, None
+        group, world, order = ctx.args
+        if g.dim() == 3:  # lse
+            return _seq_to_heads(g.unsqueeze(-1), group, world, order).squeeze(-1), None, None, None, None
+        return _seq_to_heads(g.contiguous(), group, world, order), None, None, None, None
+
+
+def head_parallel_attention(q, k, v, group=None, *, causal=False, scale=None, return_lse=False):
+    """All-to-all attention over sequence shards (the layout of :func:`shard_sequence`): equals
+    :func:`attnx.attention` on the full sequence; fwd + bwd. Needs Hq and Hk divisible by the
+    group size (else use :func:`context_parallel_attention`)."""
+    ref.check_attention(q, k, v)
+    rank, world = rank_world(group)
+    if world == 1:
+        return attention(q, k, v, causal=causal, scale=scale, return_lse=return_lse)
+    op = "head_parallel_attention"
+    agree(op, group, q, _shape_fields(q, k, v, causal))
+    if q.shape[2] % world or k.shape[2] % world:
+        raise ValueError(f"{op}: q has {q.shape[2]} heads and k {k.shape[2]}; both must be multiples of the group "
+                         f"size {world} (context_parallel_attention has no such limit)")
+    if q.shape[1] != k.shape[1] or q.shape[1] % len(chunk_ids(0, world, causal)):
+        raise ValueError(f"{op}: q and k shards must have the same length (self-attention), a multiple of "
+                         f"{len(chunk_ids(0, world, causal))}; got {q.shape[1]} and {k.shape[1]}")
+    order = _natural_order(world, q.shape[1], causal, q.device) if causal else None
+    inverse = None if order is None else torch.argsort(order)
+    qh, kh, vh = (_SeqToHeads.apply(x, group, world, order, inverse) for x in (q, k, v))
+    out, lse = attention(qh, kh, vh, causal=causal, scale=scale, return_lse=True)
+    out = _HeadsToSeq.apply(out, group, world, order, inverse)
+    if not return_lse:
+        return out
+    return out, _HeadsToSeq.apply(lse.contiguous(), group, world, order, inverse)
