@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip timing attnx where it falls back to a reference estimated slower than this "
                    "per call, and skip checks whose reference would take longer (default 20)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--distributed", action="store_true", help="multi-GPU rows (context parallel, split MLA "
+                   "decode); launch with torchrun, see attnx.bench.distributed")
     return p
 
 
@@ -121,6 +123,9 @@ def _print_list(ctx: Ctx, families: list):
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--distributed" in argv:  # under torchrun: attnx.bench.distributed
+        from .distributed import main as distributed_main
+        return distributed_main(argv)
     args = _parser().parse_args(argv)
     families = list(FAMILIES)
     if args.family:

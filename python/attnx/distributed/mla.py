@@ -46,10 +46,11 @@ def merge_partials(gathered: torch.Tensor, head_dim_v: int):
     """[W, ..., Dv + 1] float32 (out | lse per rank) -> (out [..., Dv] float32, lse [...])."""
     lse_r = gathered[..., head_dim_v]
     top = lse_r.amax(0)
-    weight = torch.where(torch.isneginf(top), 0.0, torch.exp(lse_r - top))  # a rank with no key weighs 0
+    top = torch.where(torch.isneginf(top), 0.0, top)  # no rank saw a key: weights 0, lse -inf, out 0
+    weight = torch.exp(lse_r - top)  # a rank with no key (lse -inf) weighs 0
     total = weight.sum(0)
-    out = (gathered[..., :head_dim_v] * weight.unsqueeze(-1)).sum(0)
-    out = torch.where(total.unsqueeze(-1) > 0, out / total.unsqueeze(-1), 0.0)
+    share = weight / total.clamp_min(torch.finfo(total.dtype).tiny)
+    out = torch.einsum("w...d,w...->...d", gathered[..., :head_dim_v], share)
     return out, top + torch.log(total)
 
 
@@ -84,8 +85,10 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, group=None, *, head_dim_
                          f"{metadata.tail_shortest}")
     out, lse = mla_decode_local(q, kv_cache, block_table, cache_seqlens, head_dim_v=head_dim_v, scale=scale,
                                 causal=causal and rank == world - 1, metadata=local_plan)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    packed = torch.cat([out.to(acc), lse.to(acc).unsqueeze(-1)], dim=-1)
+    packed = torch.empty((*out.shape[:-1], head_dim_v + 1), device=q.device,
+                         dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+    packed[..., :head_dim_v].copy_(out)
+    packed[..., head_dim_v].copy_(lse)
     dev = comm_device(group, q)
     gathered = torch.empty((world * packed.shape[0], *packed.shape[1:]), dtype=packed.dtype, device=dev)
     dist.all_gather_into_tensor(gathered, packed.to(dev), group=group)  # rank-major, concatenated on dim 0
