@@ -40,14 +40,15 @@ def _parser():
     return p
 
 
-def _time(fn, runs: int, warmup: int = 1, inner: int = 1) -> float:
-    """Median ms per call over ``runs`` (each ``inner`` calls between CUDA events), slowest rank."""
+def _median_ms(fn, runs: int, warmup: int, inner: int, barrier: bool) -> float:
+    """Median ms per call over ``runs`` (each ``inner`` calls between CUDA events)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(runs):
         torch.cuda.synchronize()
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(inner):
@@ -55,7 +56,12 @@ def _time(fn, runs: int, warmup: int = 1, inner: int = 1) -> float:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / inner)
-    t = torch.tensor([statistics.median(times)], device="cuda")
+    return statistics.median(times)
+
+
+def _time(fn, runs: int, warmup: int = 1, inner: int = 1) -> float:
+    """Every rank runs ``fn`` together: the slowest rank's median."""
+    t = torch.tensor([_median_ms(fn, runs, warmup, inner, True)], device="cuda")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
 
@@ -64,19 +70,7 @@ def _time_rank0(fn, runs: int, warmup: int = 1, inner: int = 1) -> float:
     """The single-GPU baseline: rank 0 alone while the others wait."""
     t = torch.zeros(1, device="cuda")
     if dist.get_rank() == 0:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(runs):
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / inner)
-        t.fill_(statistics.median(times))
+        t.fill_(_median_ms(fn, runs, warmup, inner, False))
     dist.broadcast(t, 0)
     return float(t)
 
@@ -96,19 +90,7 @@ def _graphed(fn):
 
 
 def _local_ms(fn, runs: int = 7, inner: int = 50) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
+    return _median_ms(fn, runs, 3, inner, False)
 
 
 def _rel(a, b) -> float:

@@ -75,6 +75,8 @@ def ring_backward(blocks, dout, dlse, q, k, v, out, lse, causal: bool, ring: Rin
             dkv = pending.wait()  # this shard's dK/dV so far, from the ranks it visited before us
             for acc, blk in zip(dkv, g[1:]):
                 blocks.add_kv1_(acc, blk) if kind == "kv_first" else acc.add_(blk)
+        if step + 1 == ring.world:  # complete: the owner only rounds them, so round before the last hop
+            dkv = [dkv[0].to(k.dtype), dkv[1].to(v.dtype)]
         pending = ring.shift(dkv)  # on to the next rank; after the last step, home to the owner
         if incoming is not None:
             kv = incoming.wait()

@@ -30,7 +30,7 @@ def _natural_order(world: int, n_local: int, causal: bool, device) -> torch.Tens
     return where.to(device)
 
 
-def _seq_to_heads(x, group, world, order):
+def _seq_to_heads(x, group, world, order, inverse):
     """[B, n, H, D] sequence shard -> [B, W*n, H/W, D] full sequence of this rank's head group."""
     b, n, h, d = x.shape
     send = x.reshape(b, n, world, h // world, d).permute(2, 0, 1, 3, 4).contiguous()
@@ -40,11 +40,8 @@ def _seq_to_heads(x, group, world, order):
     return full if order is None else full.index_select(1, order)
 
 
-def _heads_to_seq(x, group, world, inverse):
-    """Inverse of :func:`_seq_to_heads`: [B, L, H/W, D] -> [B, L/W, H, D] (also for lse, D absent)."""
-    squeeze = x.dim() == 3
-    if squeeze:
-        x = x.unsqueeze(-1)
+def _heads_to_seq(x, group, world, order, inverse):
+    """Inverse of :func:`_seq_to_heads`: [B, L, H/W, D] -> [B, L/W, H, D]."""
     if inverse is not None:
         x = x.index_select(1, inverse)
     b, length, hg, d = x.shape
@@ -52,36 +49,29 @@ def _heads_to_seq(x, group, world, inverse):
     send = x.reshape(b, world, n, hg, d).permute(1, 0, 2, 3, 4).contiguous()
     recv = torch.empty_like(send)
     dist.all_to_all_single(recv, send, group=group)
-    out = recv.permute(1, 2, 0, 3, 4).reshape(b, n, world * hg, d)
-    return out.squeeze(-1) if squeeze else out
+    return recv.permute(1, 2, 0, 3, 4).reshape(b, n, world * hg, d)
 
 
-class _SeqToHeads(torch.autograd.Function):
+def _exchange(x, to_heads: bool, *args):
+    """One of the two exchanges; lse ([B, L, H], no head dim) travels as [B, L, H, 1]."""
+    fn = _seq_to_heads if to_heads else _heads_to_seq
+    if x.dim() == 3:
+        return fn(x.unsqueeze(-1), *args).squeeze(-1)
+    return fn(x, *args)
+
+
+class _Exchange(torch.autograd.Function):
+    """An all-to-all between the sequence and the head layouts; its gradient takes the other way."""
+
     @staticmethod
-    def forward(ctx, x, group, world, order, inverse):
-        ctx.args = (group, world, inverse)
-        return _seq_to_heads(x, group, world, order)
-
-    @staticmethod
-    def backward(ctx, g):
-        group, world, inverse = ctx.args
-        return _heads_to_seq(g.contiguous(), group, world, inverse), None, None, None, None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group, world, order, inverse):
-        ctx.args = (group, world, order)
-        return _heads_to_seq(x, group, world, inverse)
+    def forward(ctx, x, to_heads, group, world, order, inverse):
+        ctx.args = (not to_heads, group, world, order, inverse)
+        return _exchange(x, to_heads, group, world, order, inverse)
 
     @staticmethod
     def backward(ctx, g):
-        if g is None:
-            return None, None, None, None, None
-        group, world, order = ctx.args
-        if g.dim() == 3:  # lse
-            return _seq_to_heads(g.unsqueeze(-1), group, world, order).squeeze(-1), None, None, None, None
-        return _seq_to_heads(g.contiguous(), group, world, order), None, None, None, None
+        grad = None if g is None else _exchange(g.contiguous(), *ctx.args)
+        return grad, None, None, None, None, None
 
 
 def head_parallel_attention(q, k, v, group=None, *, causal=False, scale=None, return_lse=False):
@@ -102,9 +92,8 @@ def head_parallel_attention(q, k, v, group=None, *, causal=False, scale=None, re
                          f"{len(chunk_ids(0, world, causal))}; got {q.shape[1]} and {k.shape[1]}")
     order = _natural_order(world, q.shape[1], causal, q.device) if causal else None
     inverse = None if order is None else torch.argsort(order)
-    qh, kh, vh = (_SeqToHeads.apply(x, group, world, order, inverse) for x in (q, k, v))
+    args = (group, world, order, inverse)
+    qh, kh, vh = (_Exchange.apply(x, True, *args) for x in (q, k, v))
     out, lse = attention(qh, kh, vh, causal=causal, scale=scale, return_lse=True)
-    out = _HeadsToSeq.apply(out, group, world, order, inverse)
-    if not return_lse:
-        return out
-    return out, _HeadsToSeq.apply(lse.contiguous(), group, world, order, inverse)
+    out = _Exchange.apply(out, False, *args)
+    return (out, _Exchange.apply(lse.contiguous(), False, *args)) if return_lse else out
