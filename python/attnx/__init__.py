@@ -3,7 +3,9 @@
 Public API (DESIGN.md): attention, varlen_attention, unpad, pad, neighborhood_attention,
 na1d/na2d/na3d, block_sparse_attention, mla_decode_metadata, mla_decode, sparse_attention,
 pq_sparse_attention, the modules attnx.pq, attnx.gna, attnx.nn and attnx.reference, and info().
-Every op is also reachable as torch.ops.attnx.<name>.
+Every op is also reachable as torch.ops.attnx.<name>. Multi-GPU versions (ring and all-to-all
+context parallelism, split MLA decode) live in ``attnx.distributed`` (imported on its own, like
+torch.distributed).
 """
 __version__ = "0.1.0"
 
