@@ -67,8 +67,8 @@ def _dense(env, causal, fn=D.context_parallel_attention, heads=(4, 2), batch=2):
         env.check(name, gather(got), want)
 
 
-def _varlen(env, causal):
-    w, hq, hk, d = env.world, 4, 2, env.head_dim
+def _varlen(env, causal, fn=D.context_parallel_varlen_attention, heads=(4, 2)):
+    w, (hq, hk), d = env.world, heads, env.head_dim
     per = 2 * w if causal else w
     unit = 64 if env.gpu else 2
     lengths = [per * unit * m for m in (3, 0, 1, 5)]
@@ -83,7 +83,7 @@ def _varlen(env, causal):
     shard = lambda x: D.shard_varlen(x, cu_d, causal=causal)  # noqa: E731
     (lq, cu_l, mx_l), (lk, _, _), (lv, _, _) = (shard(x) for x in (q, k, v))
     lq, lk, lv = (x.requires_grad_() for x in (lq, lk, lv))
-    o, l = D.context_parallel_varlen_attention(lq, lk, lv, cu_l, mx_l, causal=causal, return_lse=True)
+    o, l = fn(lq, lk, lv, cu_l, mx_l, causal=causal, return_lse=True)
     _loss(o, l, shard(g_out)[0], shard(g_lse)[0]).backward()
     gather = lambda x: D.gather_varlen(x, cu_d, causal=causal)  # noqa: E731
     env.check("out", gather(o), out)
@@ -155,6 +155,14 @@ def case_varlen_causal(env):
     _varlen(env, True)
 
 
+def case_head_parallel_varlen(env):
+    _varlen(env, False, fn=D.head_parallel_varlen_attention, heads=(2 * env.world, env.world))
+
+
+def case_head_parallel_varlen_causal(env):
+    _varlen(env, True, fn=D.head_parallel_varlen_attention, heads=(2 * env.world, env.world))
+
+
 def case_head_parallel(env):
     _dense(env, False, fn=D.head_parallel_attention, heads=(2 * env.world, env.world))
 
@@ -188,6 +196,13 @@ def case_bad_lengths_disagree(env):
     n = 4 if env.rank == 0 else 6
     x = env.randn(1, n, 2, d, seed=51)
     _expect_value_error(lambda: D.context_parallel_attention(x, x, x), "disagree", "q's length", "rank 0: 4")
+
+
+def case_bad_varlen_cu_disagree(env):
+    cu = torch.tensor([0, 4, 8] if env.rank == 0 else [0, 2, 8], dtype=torch.int32, device=env.device)
+    x = env.randn(8, 2, env.head_dim, seed=56)
+    for fn in (D.context_parallel_varlen_attention, D.head_parallel_varlen_attention):
+        _expect_value_error(lambda: fn(x, x, x, cu, 6), "disagree", "cu_seqlens")
 
 
 def case_bad_dtype_disagree(env):

@@ -7,6 +7,8 @@ Rows (rank 0 prints them; every time is the slowest rank's median, CUDA events a
   ring with its transfers skipped (the schedule's compute alone: ring - this = exposed
   communication), the head-parallel all-to-all, and single-GPU attnx on the whole sequence
   (rank 0 alone, in the same run); speedup = single-GPU time / distributed time.
+- the same for packed sequences (8 x 16k, varlen): the ring and the all-to-all against
+  single-GPU varlen_attention.
 - MLA decode, cache split by sequence position (256k tokens per sequence): per-step time on
   the group, the merge alone (the all-gather of the partials plus the lse merge), and
   single-GPU attnx on the whole cache (rank 0 alone).
@@ -93,6 +95,14 @@ def _local_ms(fn, runs: int = 7, inner: int = 50) -> float:
     return _median_ms(fn, runs, 3, inner, False)
 
 
+def step(fn, q, k, v, dout):
+    """One forward + backward of ``fn(q, k, v)``; returns (out, dq)."""
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out = fn(q, k, v)
+    out.backward(dout)
+    return out, q.grad
+
+
 def _rel(a, b) -> float:
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -115,12 +125,6 @@ def _cp_rows(args, rows):
     local = [D.shard_sequence(x, causal=True) for x in full]
     del full
     shape = f"B1 L{L // 1024}k H{H} D{Dh} causal, {world} GPUs"
-
-    def step(fn, lq, lk, lv, ldo):
-        lq, lk, lv = (x.detach().requires_grad_() for x in (lq, lk, lv))
-        out = fn(lq, lk, lv)
-        out.backward(ldo)
-        return out, lq.grad
 
     ring = lambda a, b, c: D.context_parallel_attention(a, b, c, causal=True)  # noqa: E731
     no_tx = lambda a, b, c: D.context_parallel_attention(a, b, c, causal=True, _transfer=False)  # noqa: E731
@@ -168,6 +172,53 @@ def _cp_rows(args, rows):
     row("ring, transfers skipped (compute alone)", compute_ms, "timing only: wrong results by design")
     if heads_ms is not None:
         row("all-to-all (head_parallel_attention)", heads_ms, "", float(err_t[1]) if not args.skip_single else None)
+
+
+def _cp_varlen_rows(args, rows):
+    """Packed sequences: 8 x L/8 tokens, causal, ring against single-GPU varlen_attention."""
+    import attnx
+    from .. import distributed as D
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n_seq, H, Dh = 8, args.heads, 128
+    L = args.seqlen // n_seq * n_seq
+    lengths = [L // n_seq] * n_seq
+    flops = sum(4 * n * n * H * Dh / 2 * 3.5 for n in lengths)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(2)
+    full = [torch.randn(L, H, Dh, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4)]
+    local = [D.shard_varlen(x, cu, causal=True) for x in full]
+    cu_l, mx_l = local[0][1], local[0][2]
+    shape = f"{n_seq} x {L // n_seq // 1024}k packed, H{H} D{Dh} causal"
+    ring = lambda a, b, c: D.context_parallel_varlen_attention(a, b, c, cu_l, mx_l, causal=True)  # noqa: E731
+    single = lambda a, b, c: attnx.varlen_attention(a, b, c, cu, cu, L // n_seq, L // n_seq, causal=True)  # noqa: E731
+    heads = lambda a, b, c: D.head_parallel_varlen_attention(a, b, c, cu_l, mx_l, causal=True)  # noqa: E731
+    impls = [("ring (context_parallel_varlen_attention)", ring)]
+    if H % world == 0:
+        impls.append(("all-to-all (head_parallel_varlen_attention)", heads))
+    got = []
+    for _, fn in impls:
+        out_d, dq_d = step(fn, *(x[0] for x in local))
+        got.append([D.gather_varlen(x, cu, causal=True) for x in (out_d, dq_d)])
+    err = torch.zeros(len(impls), device="cuda")
+    if rank == 0 and not args.skip_single:
+        out_s, dq_s = step(single, *full)
+        for i, (o, dq) in enumerate(got):
+            err[i] = max(_rel(o, out_s), _rel(dq, dq_s))
+        del out_s, dq_s
+    dist.broadcast(err, 0)
+    del got
+    single_ms = None if args.skip_single else _time_rank0(lambda: step(single, *full), args.runs)
+    del full
+    torch.cuda.empty_cache()
+    if single_ms:
+        rows.append({"family": "context_parallel", "case": shape + ", 1 GPU", "impl": "attnx.varlen_attention (1 GPU)",
+                     "ms": single_ms, "tflops": flops / single_ms / 1e9, "speedup_vs_1gpu": 1.0})
+    for i, (name, fn) in enumerate(impls):
+        ms = _time(lambda: step(fn, *(x[0] for x in local)), args.runs)
+        rows.append({"family": "context_parallel", "case": f"{shape}, {world} GPUs", "impl": name, "ms": ms,
+                     "tflops": flops / ms / 1e9, "speedup_vs_1gpu": single_ms / ms if single_ms else None,
+                     **({} if args.skip_single else {"rel_err_vs_1gpu": float(err[i]),
+                                                     "check": "ok" if float(err[i]) < 2e-2 else "FAIL"})})
 
 
 def _mla_rows(args, rows):
@@ -273,6 +324,7 @@ def main(argv=None) -> int:
     rows = []
     try:
         _cp_rows(args, rows)
+        _cp_varlen_rows(args, rows)
         _mla_rows(args, rows)
     finally:
         world = dist.get_world_size()

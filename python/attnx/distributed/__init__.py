@@ -7,7 +7,8 @@
 - :func:`context_parallel_attention`, :func:`context_parallel_varlen_attention`: ring attention.
   KV shards travel around the ring (P2P, overlapped with the local attention), partial results
   merge exactly through their lse; the backward sends dK/dV around the ring back to their owners.
-- :func:`head_parallel_attention`: the all-to-all variant (sequence shards <-> head groups).
+- :func:`head_parallel_attention`, :func:`head_parallel_varlen_attention`: the all-to-all
+  variant (sequence shards <-> head groups).
 - :func:`mla_decode`, :func:`mla_decode_metadata`: MLA decode with the cache split by sequence
   position across ranks; one all-gather merges the partial results through lse.
 
@@ -23,10 +24,10 @@ for _name, _value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTIC
     _os.environ.setdefault(_name, _value)
 
 from .context_parallel import context_parallel_attention, context_parallel_varlen_attention  # noqa: E402
-from .head_parallel import head_parallel_attention  # noqa: E402
+from .head_parallel import head_parallel_attention, head_parallel_varlen_attention  # noqa: E402
 from .layout import gather_sequence, gather_varlen, shard_sequence, shard_varlen  # noqa: E402
 from .mla import DistributedMLAMetadata, mla_decode, mla_decode_metadata  # noqa: E402
 
 __all__ = ["shard_sequence", "gather_sequence", "shard_varlen", "gather_varlen", "context_parallel_attention",
-           "context_parallel_varlen_attention", "head_parallel_attention", "mla_decode", "mla_decode_metadata",
-           "DistributedMLAMetadata"]
+           "context_parallel_varlen_attention", "head_parallel_attention", "head_parallel_varlen_attention",
+           "mla_decode", "mla_decode_metadata", "DistributedMLAMetadata"]

@@ -133,6 +133,23 @@ def context_parallel_attention(q, k, v, group=None, *, causal=False, scale=None,
     return (out, lse) if return_lse else out
 
 
+def varlen_prologue(op, q, k, v, cu_seqlens, max_seqlen, group, causal) -> list[int]:
+    """The varlen ops' checks: the ranks agree (shapes, dtype, the local cu_seqlens), then the
+    local ones, which therefore fail alike on every rank. Returns the local cu_seqlens."""
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1:
+        raise ValueError(f"{op}: argument 'cu_seqlens' must be a 1-D int32 tensor, got {cu_seqlens!r:.80}")
+    host = cu_seqlens.tolist()
+    checksum = sum((i + 1) * int(x) for i, x in enumerate(host)) % (1 << 61)
+    agree(op, group, q, _shape_fields(q, k, v, causal) + [("the local cu_seqlens (checksum)", checksum)])
+    ref.check_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, (-1, -1))
+    cu = _host_cu(op, cu_seqlens, 1, causal)  # causal: every local sequence is two chunks, so even
+    lengths = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
+    if cu[-1] != q.shape[0] or q.shape[0] != k.shape[0] or max(lengths, default=0) > int(max_seqlen):
+        raise ValueError(f"{op}: cu_seqlens (ending at {cu[-1]}, longest {max(lengths, default=0)}) must cover "
+                         f"q ({q.shape[0]} tokens) and k ({k.shape[0]}) exactly, within max_seqlen {max_seqlen}")
+    return cu
+
+
 def context_parallel_varlen_attention(q, k, v, cu_seqlens, max_seqlen, group=None, *, causal=False, scale=None,
                                       return_lse=False, _transfer=True):
     """Ring attention over packed sequences: this rank's q/k/v [T_local, H, D] from
@@ -144,15 +161,7 @@ def context_parallel_varlen_attention(q, k, v, cu_seqlens, max_seqlen, group=Non
     if world == 1:
         return varlen_attention(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal, scale=scale,
                                 return_lse=return_lse)
-    op = "context_parallel_varlen_attention"
-    ref.check_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, (-1, -1))
-    cu = _host_cu(op, cu_seqlens, 1, causal)  # causal: every local sequence is two chunks, so even
-    lengths = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
-    if cu[-1] != q.shape[0] or q.shape[0] != k.shape[0] or max(lengths, default=0) > int(max_seqlen):
-        raise ValueError(f"{op}: cu_seqlens (ending at {cu[-1]}, longest {max(lengths, default=0)}) must cover "
-                         f"q ({q.shape[0]} tokens) and k ({k.shape[0]}) exactly, within max_seqlen {max_seqlen}")
-    checksum = sum((i + 1) * x for i, x in enumerate(cu)) % (1 << 61)
-    agree(op, group, q, _shape_fields(q, k, v, causal) + [("the local cu_seqlens (checksum)", checksum)])
+    cu = varlen_prologue("context_parallel_varlen_attention", q, k, v, cu_seqlens, max_seqlen, group, causal)
     blocks = VarlenBlocks(q, cu_seqlens, cu, max_seqlen, scale)
     out, lse = _RingAttention.apply(q, k.contiguous(), v.contiguous(), blocks, bool(causal),
                                     RingExchange(group, _transfer))

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..ops.attention import attention
+from ..ops.attention import attention, varlen_attention
 from ..reference import dense_varlen as ref
 from ._group import agree, rank_world
-from .context_parallel import _shape_fields
-from .layout import chunk_ids, num_chunks
+from .context_parallel import _shape_fields, varlen_prologue
+from .layout import chunk_ids, num_chunks, varlen_index
 
 
 def _natural_order(world: int, n_local: int, causal: bool, device) -> torch.Tensor:
@@ -97,3 +97,29 @@ def head_parallel_attention(q, k, v, group=None, *, causal=False, scale=None, re
     out, lse = attention(qh, kh, vh, causal=causal, scale=scale, return_lse=True)
     out = _Exchange.apply(out, False, *args)
     return (out, _Exchange.apply(lse.contiguous(), False, *args)) if return_lse else out
+
+
+def head_parallel_varlen_attention(q, k, v, cu_seqlens, max_seqlen, group=None, *, causal=False, scale=None,
+                                   return_lse=False):
+    """All-to-all attention over packed shards from :func:`shard_varlen` (local ``cu_seqlens`` and
+    ``max_seqlen``, the same on every rank): equals :func:`attnx.varlen_attention` on the full
+    packed sequences (self-attention); fwd + bwd. Needs Hq and Hk divisible by the group size.
+    Where the sequences are short, this beats the ring, whose transfers do not shrink with them."""
+    rank, world = rank_world(group)
+    if world == 1:
+        return varlen_attention(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=causal, scale=scale,
+                                return_lse=return_lse)
+    op = "head_parallel_varlen_attention"
+    cu = varlen_prologue(op, q, k, v, cu_seqlens, max_seqlen, group, causal)
+    if q.shape[1] % world or k.shape[1] % world:
+        raise ValueError(f"{op}: q has {q.shape[1]} heads and k {k.shape[1]}; both must be multiples of the group "
+                         f"size {world} (context_parallel_varlen_attention has no such limit)")
+    full_cu = [x * world for x in cu]
+    held = torch.cat([varlen_index(full_cu, r, world, causal) for r in range(world)]).to(q.device)
+    args = (group, world, torch.argsort(held), held)  # gathered rank-major -> natural packed order, and back
+    qh, kh, vh = (_Exchange.apply(x.unsqueeze(0), True, *args)[0] for x in (q, k, v))
+    cu_full = cu_seqlens * world
+    out, lse = varlen_attention(qh, kh, vh, cu_full, cu_full, int(max_seqlen) * world, int(max_seqlen) * world,
+                                causal=causal, scale=scale, return_lse=True)
+    out = _Exchange.apply(out.unsqueeze(0), False, *args)[0]
+    return (out, _Exchange.apply(lse.unsqueeze(0).contiguous(), False, *args)[0]) if return_lse else out
