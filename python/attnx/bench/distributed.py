@@ -108,11 +108,6 @@ def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def _gather_all(x, causal):
-    from .. import distributed as D
-    return D.gather_sequence(x, causal=causal)
-
-
 def _cp_rows(args, rows):
     import attnx
     from .. import distributed as D
@@ -133,8 +128,8 @@ def _cp_rows(args, rows):
     # Checks first: the distributed output and dq against single-GPU attnx (rank 0 computes it).
     out_r, dq_r = step(ring, *local)
     out_h, dq_h = step(heads, *local) if H % world == 0 else (None, None)
-    gathered = [_gather_all(x, True) for x in (out_r, dq_r)] + \
-        ([_gather_all(x, True) for x in (out_h, dq_h)] if out_h is not None else [])
+    pairs = (out_r, dq_r) + ((out_h, dq_h) if out_h is not None else ())
+    gathered = [D.gather_sequence(x, causal=True) for x in pairs]
     errs = {}
     if rank == 0 and not args.skip_single:
         out_s, dq_s = step(lambda a, b, c: attnx.attention(a, b, c, causal=True), q, k, v, dout)

@@ -16,18 +16,17 @@ from ..ops.attention import attention, varlen_attention
 from ..reference import dense_varlen as ref
 from ._group import agree, rank_world
 from .context_parallel import _shape_fields, varlen_prologue
-from .layout import chunk_ids, num_chunks, varlen_index
+from .layout import chunk_ids, varlen_index
 
 
-def _natural_order(world: int, n_local: int, causal: bool, device) -> torch.Tensor:
-    """Positions in the rank-major gathered sequence of each natural position."""
-    per = len(chunk_ids(0, world, causal))
-    c = n_local // per
-    where = torch.empty(num_chunks(world, causal) * c, dtype=torch.int64)
-    for r in range(world):
-        for i, chunk in enumerate(chunk_ids(r, world, causal)):
-            where[chunk * c:(chunk + 1) * c] = torch.arange(r * n_local + i * c, r * n_local + (i + 1) * c)
-    return where.to(device)
+def _orders(cu: list[int], world: int, causal: bool, device):
+    """(order, inverse) between the rank-major gathered sequence and the natural one: ``order[p]``
+    is where natural token p sits after the exchange. None when the two coincide (one sequence,
+    not causal); packed sequences interleave (rank r holds a chunk of each)."""
+    if not causal and len(cu) == 2:
+        return None, None
+    held = torch.cat([varlen_index(cu, r, world, causal) for r in range(world)]).to(device)
+    return torch.argsort(held), held
 
 
 def _seq_to_heads(x, group, world, order, inverse):
@@ -90,9 +89,7 @@ def head_parallel_attention(q, k, v, group=None, *, causal=False, scale=None, re
     if q.shape[1] != k.shape[1] or q.shape[1] % len(chunk_ids(0, world, causal)):
         raise ValueError(f"{op}: q and k shards must have the same length (self-attention), a multiple of "
                          f"{len(chunk_ids(0, world, causal))}; got {q.shape[1]} and {k.shape[1]}")
-    order = _natural_order(world, q.shape[1], causal, q.device) if causal else None
-    inverse = None if order is None else torch.argsort(order)
-    args = (group, world, order, inverse)
+    args = (group, world, *_orders([0, world * q.shape[1]], world, causal, q.device))
     qh, kh, vh = (_Exchange.apply(x, True, *args) for x in (q, k, v))
     out, lse = attention(qh, kh, vh, causal=causal, scale=scale, return_lse=True)
     out = _Exchange.apply(out, False, *args)
@@ -114,9 +111,7 @@ def head_parallel_varlen_attention(q, k, v, cu_seqlens, max_seqlen, group=None, 
     if q.shape[1] % world or k.shape[1] % world:
         raise ValueError(f"{op}: q has {q.shape[1]} heads and k {k.shape[1]}; both must be multiples of the group "
                          f"size {world} (context_parallel_varlen_attention has no such limit)")
-    full_cu = [x * world for x in cu]
-    held = torch.cat([varlen_index(full_cu, r, world, causal) for r in range(world)]).to(q.device)
-    args = (group, world, torch.argsort(held), held)  # gathered rank-major -> natural packed order, and back
+    args = (group, world, *_orders([x * world for x in cu], world, causal, q.device))
     qh, kh, vh = (_Exchange.apply(x.unsqueeze(0), True, *args)[0] for x in (q, k, v))
     cu_full = cu_seqlens * world
     out, lse = varlen_attention(qh, kh, vh, cu_full, cu_full, int(max_seqlen) * world, int(max_seqlen) * world,
