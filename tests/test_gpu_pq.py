@@ -182,3 +182,68 @@ def test_pq_sparse_attention_uses_the_native_selection():
 def test_native_op_passes_opcheck():
     q, codes, cent = problem(1, 20, 300, 2, 8, 64, 8, torch.bfloat16)
     torch.library.opcheck(torch.ops.attnx.pq_topk.default, (q, codes, cent, 16, True))
+
+
+# Long rows go through the tensor-core scan (pq_scan.cu) before the LUT kernel sorts its lists;
+# rows the scan cannot settle (heavy ties, zero queries) take the LUT search. ATTNX_PQ_SCAN=0
+# turns the scan off; ATTNX_PQ_SCAN_CHUNK_ROWS makes small inputs run several chunks.
+SCAN_CASES = [  # b, lq, lk, h, m, c, ds, k, causal
+    (1, 300, 4096, 2, 8, 256, 8, 256, False),   # D 64, Lq not a multiple of the 128-row tile
+    (2, 129, 5000, 3, 16, 256, 8, 100, True),   # D 128, Lk not a multiple of the 64-key tile
+    (1, 200, 3000, 2, 8, 200, 4, 1, False),     # D 32 padded to 64, k = 1, C < 256
+    (1, 64, 8192, 1, 4, 256, 16, 900, True),    # lists longer than 1024 sort in shared memory
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("b,lq,lk,h,m,c,ds,k,causal", SCAN_CASES)
+@pytest.mark.parametrize("chunk", [None, 128])
+def test_scan_selects_the_k_best(monkeypatch, dtype, b, lq, lk, h, m, c, ds, k, causal, chunk):
+    if chunk is not None:
+        monkeypatch.setenv("ATTNX_PQ_SCAN_CHUNK_ROWS", str(chunk))
+    q, codes, cent = problem(b, lq, lk, h, m, c, ds, dtype, seed=lq * 7 + k)
+    poison_allocator()
+    idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), k, causal=causal)
+    torch.cuda.synchronize()
+    check_selection(idx, q, codes, cent, k, causal)
+
+
+def test_scan_agrees_with_the_lut_search(monkeypatch):
+    q, codes, cent = problem(2, 256, 6000, 2, 8, 256, 8, torch.bfloat16, seed=11)
+    cb = attnx.pq.Codebook(cent)
+    scan = attnx.pq.topk(q, codes, cb, 300)
+    monkeypatch.setenv("ATTNX_PQ_SCAN", "0")
+    lut = attnx.pq.topk(q, codes, cb, 300)
+    same = (scan == lut).all(-1).float().mean().item()
+    assert same > 0.98, f"only {same:.3f} of the rows agree between the scan and the LUT search"
+    assert not torch.equal(scan, torch.full_like(scan, -1))
+
+
+def test_scan_leaves_tied_and_zero_rows_to_the_search():
+    # Equal codes tie every score (the list would overflow); a zero query scores 0 everywhere.
+    # Both take the LUT search, which orders equal scores by key index; the other rows of the
+    # same 128-row tiles still go through the scan.
+    q, codes, cent = problem(1, 200, 5000, 2, 8, 256, 8, torch.bfloat16, seed=4)
+    q[0, 5] = 0
+    tied = codes.clone()
+    tied[:, :, 1] = 9
+    cb = attnx.pq.Codebook(cent)
+    idx = attnx.pq.topk(q, tied, cb, 100)
+    assert torch.equal(idx[0, :, 1], torch.arange(100, device="cuda", dtype=torch.int32).expand(200, 100))
+    assert torch.equal(idx[0, 5, 0], torch.arange(100, device="cuda", dtype=torch.int32))
+    check_selection(idx[:, :, :1].contiguous(), q[:, :, :1].contiguous(), tied[:, :, :1].contiguous(),
+                    cent[:1].contiguous(), 100, False)
+
+
+def test_scan_with_clustered_keys():
+    # The bench's data: keys around shared cluster centres, so many scores sit close together.
+    from attnx.bench.cases import clustered_qk
+
+    class Ctx:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+
+    q, k = clustered_qk(1, 4096, 2, 64, Ctx, seed=1)
+    cb = attnx.pq.fit(k, 8, 256, iters=5)
+    codes = attnx.pq.encode(k, cb)
+    idx = attnx.pq.topk(q, codes, cb, 256, causal=True)
+    check_selection(idx, q, codes, cb.centroids, 256, True)

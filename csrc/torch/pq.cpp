@@ -64,6 +64,10 @@ Tensor pq_topk_cuda(Tensor q, Tensor codes, Tensor centroids, int64_t k, bool ca
   STD_TORCH_CHECK(pq::pq_topk_supported(p), kOp, ": no native kernel for M = ", M, ", C = ", C, ", D = ", D,
                   ", k = ", k, " (native: M in {4, 8, 16}, C <= 256, D <= 256, k + 256 slots of selection buffer in ",
                   "shared memory, codes aligned to M bytes); the Python API runs the reference for it");
+  // The tensor-core scan's decoded keys and candidate lists (long rows only).
+  const int64_t work_bytes = pq::pq_topk_workspace_bytes(p);
+  Tensor work = torch::stable::new_empty(q, {work_bytes > 0 ? work_bytes : 1}, ScalarType::Byte);
+  p.workspace = work_bytes > 0 ? work.data_ptr() : nullptr;
   check_launched(kOp, pq::pq_topk(p, static_cast<cudaStream_t>(current_stream(kOp, q))));
   return out;
 }

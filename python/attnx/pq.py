@@ -31,11 +31,23 @@ def encode(x, codebook) -> torch.Tensor:
 def topk(q, k_codes, codebook, k, *, causal=False) -> torch.Tensor:
     """int32 [B, Lq, H, k]: each query's k keys by PQ inner product, -1 where fewer are allowed.
 
-    On an H100 (q fp16/bf16/fp32, M in {4, 8, 16}, C <= 256, D <= 256, k up to a few thousand) a
-    fused kernel selects them: one warp per query builds its lookup table in shared memory and
-    streams the head's codes, histogramming the scores to find the k-th largest (refined until its
-    bin fits the selection buffer), then collects and sorts the chosen keys; no score matrix is
-    ever stored. Equal scores are ordered by key index. Other configurations run the reference.
+    On an H100 (q fp16/bf16/fp32, M in {4, 8, 16}, C <= 256, D <= 256, k up to a few thousand)
+    native kernels select them, with no score matrix ever stored:
+
+    - rows of at least 1024 keys (and 4x the selection buffer, k + 256 rounded up to a power of
+      two; D <= 128): a tensor-core scan scores q against the decoded keys (q . concatenated
+      centroids) tile by tile, twice: once in fp16 into a per-row histogram that fixes a threshold,
+      once with fp16 hi/lo splits (about fp32 accuracy) to list the keys above it, a margin wide
+      enough that the list provably holds the k best; a warp then sorts the list. The order is by
+      these scores, which can differ from the float32 lookup-table sums in the last bits, so keys
+      whose scores tie to ~1e-6 relative may come in either order;
+    - other rows, and rows whose list would not fit (heavy ties, a zero query): one warp per query
+      builds its lookup table in shared memory and streams the head's codes, histogramming the
+      scores to find the k-th largest (refined until its bin fits the selection buffer), then
+      collects and sorts the chosen keys.
+
+    Equal scores are ordered by key index. ``ATTNX_PQ_SCAN=0`` turns the scan off. Other
+    configurations run the reference.
     """
     return topk_call(q, k_codes, _codebook("codebook", codebook), k, bool(causal))
 

@@ -3,6 +3,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "../common/cuda_check.h"
 #include "pq_params.h"
 
@@ -11,6 +13,8 @@ namespace attnx::pq {
 // kUnsupported outside the kernel's domain (M not in {4, 8, 16}, C > 256, D > 256, or a k
 // whose selection buffer would not fit shared memory: pq_topk_supported says which).
 bool pq_topk_supported(const PqTopkParams& p);
+// Bytes of p.workspace that pq_topk needs (0 when the call runs without the tensor-core scan).
+int64_t pq_topk_workspace_bytes(const PqTopkParams& p);
 Status pq_topk(const PqTopkParams& p, cudaStream_t stream);
 
 }  // namespace attnx::pq

@@ -25,6 +25,16 @@ struct PqTopkParams {
   int64_t codes_batch_stride = 0, codes_row_stride = 0, codes_head_stride = 0;  // bytes
   const float* centroids = nullptr;
   int32_t* out = nullptr;
+
+  // Scratch of the tensor-core candidate scan (pq_topk_workspace_bytes(p) bytes, 256-byte
+  // aligned); may be null when that size is 0.
+  void* workspace = nullptr;
+};
+
+// One selection candidate: its score and key index.
+struct PqCandidate {
+  float score;
+  int32_t idx;
 };
 
 }  // namespace attnx::pq

@@ -1,7 +1,9 @@
-// PQ top-k selection (SPT): one warp per query row, no score matrix anywhere.
+// PQ top-k selection (SPT): the LUT search (one warp per query row, no score matrix anywhere),
+// which also finishes the rows that the tensor-core scan (pq_scan.cu) narrowed to a candidate
+// list: such a row only sorts its list.
 //
 // A row's scores are sums of M lookups into its LUT (M x 256 floats in shared memory), cheap
-// enough to recompute, so the selection streams the row's codes a few times instead of storing
+// enough to recompute, so the search streams the row's codes a few times instead of storing
 // Lk scores. Bins of the score range [lo, hi] (sum over m of the LUT row's min / max) order the
 // keys: a key in a lower bin scores below every key in a higher one.
 //   0. (long rows) a threshold bin from a histogram of every 8th key (bins spanning those
@@ -18,16 +20,22 @@
 //
 // Codes are read as one M-byte vector per key; with head-major codes (row stride M) a warp reads
 // 32 consecutive keys' codes in one transaction. The LUT lookups (random codes: ~2.8-way bank
-// conflicts) bound the scoring rate; the loop runs 4-5x short of that bound, latency and issue
-// bound (docs/perf-notes.md). Tensor-core scores (q . decoded key) are the next step.
+// conflicts) bound the scoring rate, and the loop runs 4-5x short of even that
+// (docs/perf-notes.md): long rows go through the scan first.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
 #include <cmath>
 #include <cstdint>
 
+#include "../common/kernel_attributes.h"
 #include "pq_api.h"
+#include "pq_scan.h"
 
 namespace attnx::pq {
 namespace {
@@ -41,10 +49,7 @@ constexpr int kSampleStride = 8;  // the first threshold guess histograms every 
 constexpr int kMaxWarps = 16;
 constexpr unsigned kFull = 0xffffffffu;
 
-struct Entry {
-  float score;
-  int idx;
-};
+using Entry = PqCandidate;
 
 __device__ __forceinline__ bool before(const Entry& a, const Entry& b) {
   return a.score > b.score || (a.score == b.score && a.idx < b.idx);
@@ -221,12 +226,12 @@ __device__ void find_bin(const int* hist, int need, int lane, int& bin, int& abo
   at = __shfl_sync(kFull, c, owner);
 }
 
-// Descending by `before`, n a power of two.
+// Descending by `before`, n a power of two, in shared memory (lists longer than 1024).
 __device__ void bitonic_sort(Entry* buf, int n, int lane) {
   for (int size = 2; size <= n; size <<= 1)
     for (int stride = size / 2; stride > 0; stride >>= 1) {
       for (int t = lane; t < n / 2; t += 32) {
-        const int i = 2 * stride * (t / stride) + t % stride, j = i + stride;
+        const int i = ((t & ~(stride - 1)) << 1) | (t & (stride - 1)), j = i + stride;
         const Entry a = buf[i], b = buf[j];
         const bool first_half = (i & size) == 0;
         if (first_half ? before(b, a) : before(a, b)) buf[i] = b, buf[j] = a;
@@ -235,11 +240,95 @@ __device__ void bitonic_sort(Entry* buf, int n, int lane) {
     }
 }
 
+// The same network on E * 32 entries in registers, entry e = r * 32 + lane: strides of 32 and
+// more pair registers of one lane, shorter ones pair lanes (shuffles). Fully unrolled, so a sort
+// of 1024 costs ~55 x 32 compare-exchanges per lane and no shared-memory traffic.
+template <int E>
+__device__ __forceinline__ void register_sort(Entry (&v)[E], int lane) {
+  constexpr int kN = E * 32;
+#pragma unroll
+  for (int size = 2; size <= kN; size <<= 1) {
+#pragma unroll
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      if (stride >= 32) {
+        const int rs = stride / 32;
+#pragma unroll
+        for (int r = 0; r < E; ++r)
+          if ((r & rs) == 0) {
+            Entry& a = v[r];
+            Entry& b = v[r | rs];
+            const bool first_half = ((r * 32 + lane) & size) == 0;
+            if (first_half ? before(b, a) : before(a, b)) {
+              const Entry x = a;
+              a = b, b = x;
+            }
+          }
+      } else {
+#pragma unroll
+        for (int r = 0; r < E; ++r) {
+          const Entry o{__shfl_xor_sync(kFull, v[r].score, stride), __shfl_xor_sync(kFull, v[r].idx, stride)};
+          // The lower position of a pair in a first-half block keeps the entry that comes first.
+          const bool keep_first = ((lane & stride) == 0) == (((r * 32 + lane) & size) == 0);
+          if (keep_first != before(v[r], o)) v[r] = o;
+        }
+      }
+    }
+  }
+}
+
+template <int E>
+__device__ void register_sort_and_write(const Entry* buf, int count, int k, int32_t* out, int lane) {
+  Entry v[E];
+#pragma unroll
+  for (int r = 0; r < E; ++r) v[r] = r * 32 + lane < count ? buf[r * 32 + lane] : Entry{-INFINITY, INT_MAX};
+  register_sort<E>(v, lane);
+#pragma unroll
+  for (int r = 0; r < E; ++r)
+    if (r * 32 + lane < k) out[r * 32 + lane] = r * 32 + lane < count ? v[r].idx : -1;
+  for (int t = E * 32 + lane; t < k; t += 32) out[t] = -1;  // count <= E * 32: nothing left
+}
+
+// The first k of `count` entries (shared or global memory) in descending order to out (-1 past
+// count), sorted in registers; false (nothing written) for more than 1024 entries.
+__device__ bool sort_in_registers(const Entry* src, int count, int k, int32_t* out, int lane) {
+  switch (pow2_ceil(count > 32 ? count : 32)) {
+    case 32: return register_sort_and_write<1>(src, count, k, out, lane), true;
+    case 64: return register_sort_and_write<2>(src, count, k, out, lane), true;
+    case 128: return register_sort_and_write<4>(src, count, k, out, lane), true;
+    case 256: return register_sort_and_write<8>(src, count, k, out, lane), true;
+    case 512: return register_sort_and_write<16>(src, count, k, out, lane), true;
+    case 1024: return register_sort_and_write<32>(src, count, k, out, lane), true;
+  }
+  return false;
+}
+
+// The same for entries in the warp's shared-memory buffer, which longer lists sort in place.
+__device__ void sort_and_write(Entry* buf, int count, int k, int32_t* out, int lane) {
+  if (sort_in_registers(buf, count, k, out, lane)) return;
+  const int n = pow2_ceil(count);
+  for (int t = count + lane; t < n; t += 32) buf[t] = Entry{-INFINITY, INT_MAX};
+  __syncwarp();
+  bitonic_sort(buf, n, lane);
+  for (int t = lane; t < k; t += 32) out[t] = t < count ? buf[t].idx : -1;
+}
+
+// The query rows one launch finishes, and the scan's lists for them (cand == nullptr: none).
+struct RowRange {
+  int begin = 0, end = 0;
+  const PqCandidate* cand = nullptr;  // [B, H, chunk_rows, slots], row i at i - begin
+  const int* cand_count = nullptr;    // -1: the scan did not settle the row
+  int chunk_rows = 0;
+};
+
 template <int M, typename QT>
-__global__ void __launch_bounds__(kMaxWarps * 32) pq_topk_kernel(const PqTopkParams p, int warps, int slots) {
+__global__ void __launch_bounds__(kMaxWarps * 32) pq_topk_kernel(const PqTopkParams p, int warps, int slots,
+                                                                  const RowRange rows) {
   extern __shared__ float4 smem4[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int i = blockIdx.x * warps + warp, h = blockIdx.y, b = blockIdx.z;
+  const int i = rows.begin + blockIdx.x * warps + warp, h = blockIdx.y, b = blockIdx.z;
+  const int64_t list = ((int64_t)b * p.num_heads + h) * rows.chunk_rows + (i - rows.begin);
+  // Rows with a list are pq_sort_lists_kernel's.
+  const bool live = i < rows.end && (rows.cand_count == nullptr || rows.cand_count[list] < 0);
   const int64_t work_bytes = (int64_t)slots * sizeof(Entry) > kBins * 4 ? (int64_t)slots * sizeof(Entry) : kBins * 4;
   const int64_t warp_bytes = (kMaxDim + M * kLutCols) * 4 + work_bytes;
   char* mine = reinterpret_cast<char*>(smem4) + warp * warp_bytes;
@@ -248,14 +337,17 @@ __global__ void __launch_bounds__(kMaxWarps * 32) pq_topk_kernel(const PqTopkPar
   int* hist = reinterpret_cast<int*>(lut + M * kLutCols);  // the levels' histograms, then the buffer
   Entry* buf = reinterpret_cast<Entry*>(hist);
 
-  // The query row (zeros for a warp past the last query: it helps build the LUTs, then leaves).
+  // The query row (zeros for a warp past the last query or with a list: it helps build the
+  // LUTs, then leaves). CTAs whose rows all have lists leave at once.
   const int ds = p.sub_dim, nc = p.num_centroids, d = M * ds;
-  const QT* q = static_cast<const QT*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-  for (int t = lane; t < d; t += 32) qrow[t] = i < p.seqlen_q ? to_float(q[i * p.q_row_stride + t]) : 0.f;
-  __syncthreads();
-  build_luts<M>(p.centroids + (int64_t)h * M * nc * ds, nc, ds, reinterpret_cast<char*>(smem4), warp_bytes, warps);
-  __syncthreads();
-  if (i >= p.seqlen_q) return;  // from here on, warps never synchronise with each other
+  if (__syncthreads_or(live)) {
+    const QT* q = static_cast<const QT*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    for (int t = lane; t < d; t += 32) qrow[t] = live ? to_float(q[i * p.q_row_stride + t]) : 0.f;
+    __syncthreads();
+    build_luts<M>(p.centroids + (int64_t)h * M * nc * ds, nc, ds, reinterpret_cast<char*>(smem4), warp_bytes, warps);
+    __syncthreads();
+  }
+  if (!live) return;  // from here on, warps never synchronise with each other
 
   const uint8_t* codes = p.codes + b * p.codes_batch_stride + h * p.codes_head_stride;
   const int64_t row_stride = p.codes_row_stride;
@@ -369,15 +461,45 @@ __global__ void __launch_bounds__(kMaxWarps * 32) pq_topk_kernel(const PqTopkPar
       });
     }
   }
-  const int n = pow2_ceil(count > 1 ? count : 1);
-  for (int t = count + lane; t < n; t += 32) buf[t] = Entry{-INFINITY, INT_MAX};
   __syncwarp();
-  bitonic_sort(buf, n, lane);
-  for (int t = lane; t < k; t += 32) out[t] = t < count ? buf[t].idx : -1;
+  sort_and_write(buf, count, k, out, lane);
+}
+
+// Rows the scan settled: one warp sorts its list (the top k by the scan's scores are the answer).
+// No LUTs, so many warps share an SM; lists longer than 1024 sort in shared memory.
+constexpr int kListWarps = 8;
+__global__ void __launch_bounds__(kListWarps * 32) pq_sort_lists_kernel(const PqTopkParams p, int slots,
+                                                                        const RowRange rows) {
+  extern __shared__ float4 smem4[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int i = rows.begin + blockIdx.x * kListWarps + warp, h = blockIdx.y, b = blockIdx.z;
+  if (i >= rows.end) return;
+  const int64_t list = ((int64_t)b * p.num_heads + h) * rows.chunk_rows + (i - rows.begin);
+  const int count = rows.cand_count[list];
+  if (count < 0) return;
+  const PqCandidate* cand = rows.cand + list * slots;
+  int32_t* out = p.out + (((int64_t)b * p.seqlen_q + i) * p.num_heads + h) * p.topk;
+  if (!sort_in_registers(cand, count, p.topk, out, lane)) {
+    Entry* buf = reinterpret_cast<Entry*>(smem4) + (int64_t)warp * slots;
+    for (int t = lane; t < count; t += 32) buf[t] = cand[t];
+    __syncwarp();
+    sort_and_write(buf, count, p.topk, out, lane);
+  }
+}
+
+Status launch_lists(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
+  const int slots = selection_slots(p.topk);
+  const int64_t smem = slots > 1024 ? (int64_t)kListWarps * slots * sizeof(Entry) : 0;
+  if (smem > 227 * 1024) return Status::kUnsupported;
+  static KernelAttributesOnce attributes;
+  if (smem > 48 * 1024 && attributes.set(pq_sort_lists_kernel, (int)smem) != cudaSuccess) return Status::kCudaError;
+  const dim3 grid((rows.end - rows.begin + kListWarps - 1) / kListWarps, p.num_heads, p.batch);
+  pq_sort_lists_kernel<<<grid, kListWarps * 32, smem, stream>>>(p, slots, rows);
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
 template <int M, typename QT>
-Status launch(const PqTopkParams& p, cudaStream_t stream) {
+Status launch(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
   int device = 0, max_smem = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
@@ -390,17 +512,26 @@ Status launch(const PqTopkParams& p, cudaStream_t stream) {
   auto kernel = pq_topk_kernel<M, QT>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
     return Status::kCudaError;
-  const dim3 grid((p.seqlen_q + warps - 1) / warps, p.num_heads, p.batch);
-  kernel<<<grid, warps * 32, smem, stream>>>(p, warps, selection_slots(p.topk));
+  const dim3 grid((rows.end - rows.begin + warps - 1) / warps, p.num_heads, p.batch);
+  kernel<<<grid, warps * 32, smem, stream>>>(p, warps, selection_slots(p.topk), rows);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
 template <int M>
-Status launch_q(const PqTopkParams& p, cudaStream_t stream) {
+Status launch_q(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
   switch (p.q_type) {
-    case QType::kFloat16: return launch<M, __half>(p, stream);
-    case QType::kBFloat16: return launch<M, __nv_bfloat16>(p, stream);
-    case QType::kFloat32: return launch<M, float>(p, stream);
+    case QType::kFloat16: return launch<M, __half>(p, rows, stream);
+    case QType::kBFloat16: return launch<M, __nv_bfloat16>(p, rows, stream);
+    case QType::kFloat32: return launch<M, float>(p, rows, stream);
+  }
+  return Status::kUnsupported;
+}
+
+Status launch_rows(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
+  switch (p.num_subspaces) {
+    case 4: return launch_q<4>(p, rows, stream);
+    case 8: return launch_q<8>(p, rows, stream);
+    case 16: return launch_q<16>(p, rows, stream);
   }
   return Status::kUnsupported;
 }
@@ -419,15 +550,56 @@ bool pq_topk_supported(const PqTopkParams& p) {
   return warp_smem_bytes(m, p.topk) <= 227 * 1024;
 }
 
+// Tuning aid (ATTNX_PQ_SCAN_STATS set): how many rows of the first chunk the scan settled, and
+// the mean list length, on stderr. Synchronises the stream.
+void report_scan_stats(const PqTopkParams& p, const PqScanWork& w, cudaStream_t stream) {
+  const int rows = std::min(w.chunk_rows, p.seqlen_q);
+  std::vector<int> counts((size_t)p.batch * p.num_heads * w.chunk_rows);
+  if (cudaMemcpyAsync(counts.data(), w.cand_count, counts.size() * sizeof(int), cudaMemcpyDeviceToHost, stream) !=
+          cudaSuccess ||
+      cudaStreamSynchronize(stream) != cudaSuccess)
+    return;
+  int64_t settled = 0, listed = 0, total = 0;
+  for (int bh = 0; bh < p.batch * p.num_heads; ++bh)
+    for (int r = 0; r < rows; ++r, ++total) {
+      const int c = counts[(size_t)bh * w.chunk_rows + r];
+      if (c >= 0) ++settled, listed += c;
+    }
+  std::fprintf(stderr, "attnx pq scan: %lld of %lld rows settled, %.1f candidates per settled row (k %d, slots %d)\n",
+               (long long)settled, (long long)total, settled ? (double)listed / settled : 0.0, p.topk, w.slots);
+}
+
+int64_t pq_topk_workspace_bytes(const PqTopkParams& p) {
+  const int slots = selection_slots(p.topk);
+  if (!pq_topk_supported(p) || p.batch == 0 || p.seqlen_q == 0 || p.num_heads == 0 || !pq_scan_applies(p, slots))
+    return 0;
+  int64_t bytes = 0;
+  pq_scan_layout(p, slots, nullptr, &bytes);
+  return bytes;
+}
+
+// Long rows: the scan lists candidates for a chunk of rows (every batch and head), then the LUT
+// kernel sorts those lists and searches the rows the scan left; chunks bound the lists' memory.
 Status pq_topk(const PqTopkParams& p, cudaStream_t stream) {
   if (!pq_topk_supported(p)) return Status::kUnsupported;
   if (p.batch == 0 || p.seqlen_q == 0 || p.num_heads == 0) return Status::kSuccess;
-  switch (p.num_subspaces) {
-    case 4: return launch_q<4>(p, stream);
-    case 8: return launch_q<8>(p, stream);
-    case 16: return launch_q<16>(p, stream);
+  const int slots = selection_slots(p.topk);
+  if (!pq_scan_applies(p, slots)) return launch_rows(p, RowRange{0, p.seqlen_q}, stream);
+  if (p.workspace == nullptr) return Status::kInvalidArgument;
+  int64_t bytes = 0;
+  const PqScanWork w = pq_scan_layout(p, slots, static_cast<char*>(p.workspace), &bytes);
+  Status st = pq_scan_prepare(p, w, stream);
+  for (int r0 = 0; r0 < p.seqlen_q && st == Status::kSuccess; r0 += w.chunk_rows) {
+    st = pq_scan_rows(p, w, r0, stream);
+    if (st == Status::kSuccess && r0 == 0 && std::getenv("ATTNX_PQ_SCAN_STATS") != nullptr)
+      report_scan_stats(p, w, stream);
+    if (st == Status::kSuccess) {
+      const RowRange rows{r0, std::min(p.seqlen_q, r0 + w.chunk_rows), w.cand, w.cand_count, w.chunk_rows};
+      st = launch_lists(p, rows, stream);
+      if (st == Status::kSuccess) st = launch_rows(p, rows, stream);  // the rows the scan left
+    }
   }
-  return Status::kUnsupported;
+  return st;
 }
 
 }  // namespace attnx::pq
