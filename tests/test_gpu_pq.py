@@ -247,3 +247,17 @@ def test_scan_with_clustered_keys():
     codes = attnx.pq.encode(k, cb)
     idx = attnx.pq.topk(q, codes, cb, 256, causal=True)
     check_selection(idx, q, codes, cb.centroids, 256, True)
+
+
+def test_scan_leaves_heads_with_non_finite_centroids_to_the_search(monkeypatch):
+    # A NaN centroid makes the scan skip the head (its keys decode to zero, no row settles), so the
+    # head's rows get exactly what the LUT search alone gives; the other head is still scanned.
+    q, codes, cent = problem(1, 130, 4096, 2, 8, 256, 8, torch.bfloat16, seed=8)
+    cent[1, 3, 0, 2] = float("nan")
+    cb = attnx.pq.Codebook(cent)
+    got = attnx.pq.topk(q, codes, cb, 64)
+    monkeypatch.setenv("ATTNX_PQ_SCAN", "0")
+    want = attnx.pq.topk(q, codes, cb, 64)
+    assert torch.equal(got[:, :, 1], want[:, :, 1])
+    check_selection(got[:, :, :1].contiguous(), q[:, :, :1].contiguous(), codes[:, :, :1].contiguous(),
+                    cent[:1].contiguous(), 64, False)

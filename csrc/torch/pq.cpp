@@ -2,6 +2,8 @@
 // (defined in python/attnx/ops/pq.py). Code values (< C) are the Python API's business: the
 // kernel's LUT rows are padded to 256 entries, so no code can make it read out of bounds.
 #include <cuda_runtime.h>
+
+#include <optional>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -66,8 +68,11 @@ Tensor pq_topk_cuda(Tensor q, Tensor codes, Tensor centroids, int64_t k, bool ca
                   "shared memory, codes aligned to M bytes); the Python API runs the reference for it");
   // The tensor-core scan's decoded keys and candidate lists (long rows only).
   const int64_t work_bytes = pq::pq_topk_workspace_bytes(p);
-  Tensor work = torch::stable::new_empty(q, {work_bytes > 0 ? work_bytes : 1}, ScalarType::Byte);
-  p.workspace = work_bytes > 0 ? work.data_ptr() : nullptr;
+  std::optional<Tensor> work;
+  if (work_bytes > 0) {
+    work = torch::stable::new_empty(q, {work_bytes}, ScalarType::Byte);
+    p.workspace = work->data_ptr();
+  }
   check_launched(kOp, pq::pq_topk(p, static_cast<cudaStream_t>(current_stream(kOp, q))));
   return out;
 }

@@ -32,6 +32,7 @@
 #include <type_traits>
 
 #include "../common/kernel_attributes.h"
+#include "pq_dtype.cuh"
 #include "pq_scan.h"
 
 namespace attnx::pq {
@@ -54,15 +55,6 @@ struct ScanTraits {
   static constexpr int kRingBytes = kStages * 2 * kTileBytes;
   static constexpr int kSmemBytes = kRingBytes + kRows * kHistWords * 4 + kRows * 4 * 4;
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float(float x) { return x; }
-template <>
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -128,36 +120,21 @@ __device__ __forceinline__ float block_reduce(float v, float* red, F&& op) {
   return v;
 }
 
-// One CTA per head: the key scale and the bound on the scaled decoded key norms,
-// sqrt(sum_m max_c ||c_m,c||^2). Non-finite centroids give an infinite bound (no row settles).
+// One CTA per head: the key scale 2^-e with max |centroid| * 2^-e < 1; 0 for a head with a
+// non-finite centroid, whose keys then decode to zero, R = 0, and every row takes the LUT search.
 __global__ void pq_head_kernel(const PqTopkParams p, PqScanWork w) {
   __shared__ float red[32];
-  const int h = blockIdx.x, M = p.num_subspaces, C = p.num_centroids, ds = p.sub_dim;
-  const float* cent = p.centroids + (int64_t)h * M * C * ds;
+  const int h = blockIdx.x, n = p.num_subspaces * p.num_centroids * p.sub_dim;
+  const float* cent = p.centroids + (int64_t)h * n;
   float amax = 0.f;
   bool bad = false;
-  for (int x = threadIdx.x; x < M * C * ds; x += blockDim.x) {
+  for (int x = threadIdx.x; x < n; x += blockDim.x) {
     amax = fmaxf(amax, fabsf(cent[x]));
     bad |= !isfinite(cent[x]);
   }
   amax = block_reduce(amax, red, [](float a, float b) { return fmaxf(a, b); });
   const float any_bad = block_reduce(bad ? 1.f : 0.f, red, [](float a, float b) { return fmaxf(a, b); });
-  const float scale = amax > 0.f ? pow2_scale(amax) : 1.f;
-  float bound2 = 0.f;
-  for (int m = 0; m < M; ++m) {
-    float best = 0.f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-      float n2 = 0.f;
-      for (int t = 0; t < ds; ++t) {
-        const float v = cent[((int64_t)m * C + c) * ds + t] * scale;
-        n2 = fmaf(v, v, n2);
-      }
-      best = fmaxf(best, n2);
-    }
-    bound2 += block_reduce(best, red, [](float a, float b) { return fmaxf(a, b); });
-  }
-  if (threadIdx.x == 0)
-    w.head[h] = make_float2(scale, any_bad > 0.f ? INFINITY : sqrtf(bound2) * (1.f + 1e-5f) + 1e-30f);
+  if (threadIdx.x == 0) w.key_scale[h] = any_bad > 0.f ? 0.f : (amax > 0.f ? pow2_scale(amax) : 1.f);
 }
 
 // Scaled decoded keys, hi and lo halves: one thread per key row of [B, H, keys_pad, dim_pad]
@@ -170,7 +147,7 @@ __global__ void pq_decode_kernel(const PqTopkParams p, PqScanWork w) {
   for (int64_t row = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; row < total;
        row += (int64_t)gridDim.x * blockDim.x) {
     const int j = (int)(row % w.keys_pad), h = (int)((row / w.keys_pad) % H), b = (int)(row / w.keys_pad / H);
-    const float scale = w.head[h].x;
+    const float scale = w.key_scale[h];
     float norm2 = 0.f;
     for (int ch = 0; ch < w.dim_pad / 8; ++ch) {
       __half hi[8], lo[8];
@@ -178,7 +155,7 @@ __global__ void pq_decode_kernel(const PqTopkParams p, PqScanWork w) {
       for (int e = 0; e < 8; ++e) {
         const int c = ch * 8 + e;
         float v = 0.f;
-        if (j < p.seqlen_k && c < d) {
+        if (scale > 0.f && j < p.seqlen_k && c < d) {  // scale 0: non-finite centroids stay unread
           const int m = c / p.sub_dim;
           const int code = min((int)p.codes[b * p.codes_batch_stride + (int64_t)j * p.codes_row_stride +
                                             h * p.codes_head_stride + m],
@@ -282,8 +259,7 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
       ss[r] = fmaf(v0, v0, fmaf(v1, v1, ss[r]));
     }
   const bool any_bad = __any_sync(kFull, bad);  // conservatively: the whole warp's rows
-  // The largest scaled key norm of this (batch, head); infinite when a centroid is not finite.
-  const float key_bound = w.head[h].y < INFINITY ? sqrtf(w.key_norm2[(int64_t)b * H + h]) * (1.f + 1e-5f) : INFINITY;
+  const float key_bound = sqrtf(w.key_norm2[(int64_t)b * H + h]) * (1.f + 1e-5f);  // largest scaled key norm
   int allowed[2];
   float R[2], inv[2];
 #pragma unroll
@@ -309,8 +285,9 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
   // ldmatrix x4 lane roles: matrix lane / 8 = (n-block of the pair, k chunk of the step).
   const int ld_key = (lane >> 4) * 8 + (lane & 7), ld_chunk = (lane >> 3) & 1;
 
-  // One pass over the CTA's key tiles; scores(acc, key0) sees each tile's fragment accumulators.
-  auto pass = [&](auto precise_tag, auto&& scores) {
+  // One pass over the CTA's key tiles: score(r, j, s) for each of the lane's rows r (lr[r]) and
+  // each key j that row may see.
+  auto pass = [&](auto precise_tag, auto&& score) {
     constexpr bool kPrecise = decltype(precise_tag)::value;
     auto load = [&](int tile, int stage) {
       const uint32_t dst = ring + stage * 2 * T::kTileBytes;
@@ -352,7 +329,13 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
           mma_f16(acc[2 * pr], ahi[s], bh[0], bh[1]);
           mma_f16(acc[2 * pr + 1], ahi[s], bh[2], bh[3]);
         }
-      scores(acc, kt * kKeys);
+#pragma unroll
+      for (int n = 0; n < kKeys / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {  // accumulator e: row g (e < 2) or g + 8, key 2 t4 + (e & 1) of block n
+          const int r = e >> 1, j = kt * kKeys + n * 8 + 2 * t4 + (e & 1);
+          if (j < allowed[r]) score(r, j, acc[n][e]);
+        }
     }
     cp_async_wait<0>();
     __syncthreads();
@@ -360,17 +343,9 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
 
   if (cta_active) {
     // Pass 1: histograms of s1.
-    pass(std::false_type{}, [&](float (&acc)[kKeys / 8][4], int key0) {
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1, j = key0 + n * 8 + 2 * t4 + (e & 1);
-          if (j < allowed[r]) {
-            const int bin = hist_bin(acc[n][e], -R[r], inv[r]);
-            atomicAdd(&hist[lr[r] * kHistWords + (bin >> 1)], 1u << ((bin & 1) * 16));
-          }
-        }
+    pass(std::false_type{}, [&](int r, int, float score) {
+      const int bin = hist_bin(score, -R[r], inv[r]);
+      atomicAdd(&hist[lr[r] * kHistWords + (bin >> 1)], 1u << ((bin & 1) * 16));
     });
   }
   // Per row: the bin of the k-th largest s1, the bar t - delta, and whether the list fits.
@@ -406,17 +381,11 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
   const int64_t list0 = ((int64_t)b * H + h) * w.chunk_rows + chunk_row0;  // the CTA's first row's list
   if (__syncthreads_or(bar[0] < INFINITY || bar[1] < INFINITY)) {
     // Pass 2: precise scores; keys at or above the bar join the row's list.
-    pass(std::true_type{}, [&](float (&acc)[kKeys / 8][4], int key0) {
-#pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1, j = key0 + n * 8 + 2 * t4 + (e & 1);
-          if (j < allowed[r] && acc[n][e] >= bar[r]) {
-            const int pos = atomicAdd(&counter[lr[r]], 1);
-            if (pos < slots) w.cand[(list0 + lr[r]) * slots + pos] = PqCandidate{acc[n][e], j};
-          }
-        }
+    pass(std::true_type{}, [&](int r, int j, float score) {
+      if (score >= bar[r]) {
+        const int pos = atomicAdd(&counter[lr[r]], 1);
+        if (pos < slots) w.cand[(list0 + lr[r]) * slots + pos] = PqCandidate{score, j};
+      }
     });
   }
   __syncthreads();
@@ -436,16 +405,6 @@ Status launch_scan(const PqTopkParams& p, const PqScanWork& w, int row_begin, cu
   const dim3 grid((rows + kRows - 1) / kRows, p.num_heads, p.batch);
   kernel<<<grid, kThreads, T::kSmemBytes, stream>>>(p, w, row_begin);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
-}
-
-template <int kD>
-Status launch_scan_q(const PqTopkParams& p, const PqScanWork& w, int row_begin, cudaStream_t stream) {
-  switch (p.q_type) {
-    case QType::kFloat16: return launch_scan<kD, __half>(p, w, row_begin, stream);
-    case QType::kBFloat16: return launch_scan<kD, __nv_bfloat16>(p, w, row_begin, stream);
-    case QType::kFloat32: return launch_scan<kD, float>(p, w, row_begin, stream);
-  }
-  return Status::kUnsupported;
 }
 
 int64_t align256(int64_t x) { return (x + 255) / 256 * 256; }
@@ -483,7 +442,7 @@ PqScanWork pq_scan_layout(const PqTopkParams& p, int slots, char* base, int64_t*
   const int64_t keys = bh * w.keys_pad * w.dim_pad * (int64_t)sizeof(__half);
   w.keys_hi = reinterpret_cast<__half*>(take(keys));
   w.keys_lo = reinterpret_cast<__half*>(take(keys));
-  w.head = reinterpret_cast<float2*>(take(p.num_heads * (int64_t)sizeof(float2)));
+  w.key_scale = reinterpret_cast<float*>(take(p.num_heads * (int64_t)sizeof(float)));
   w.key_norm2 = reinterpret_cast<float*>(take(bh * (int64_t)sizeof(float)));
   w.cand = reinterpret_cast<PqCandidate*>(take(bh * w.chunk_rows * slots * (int64_t)sizeof(PqCandidate)));
   w.cand_count = reinterpret_cast<int*>(take(bh * w.chunk_rows * (int64_t)sizeof(int)));
@@ -503,11 +462,14 @@ Status pq_scan_prepare(const PqTopkParams& p, const PqScanWork& w, cudaStream_t 
 }
 
 Status pq_scan_rows(const PqTopkParams& p, const PqScanWork& w, int row_begin, cudaStream_t stream) {
-  switch (w.dim_pad) {
-    case 64: return launch_scan_q<64>(p, w, row_begin, stream);
-    case 128: return launch_scan_q<128>(p, w, row_begin, stream);
-  }
-  return Status::kUnsupported;
+  return with_q_type(p.q_type, [&](auto qt) {
+    using QT = decltype(qt);
+    switch (w.dim_pad) {
+      case 64: return launch_scan<64, QT>(p, w, row_begin, stream);
+      case 128: return launch_scan<128, QT>(p, w, row_begin, stream);
+    }
+    return Status::kUnsupported;
+  });
 }
 
 }  // namespace attnx::pq

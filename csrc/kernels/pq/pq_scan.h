@@ -24,7 +24,7 @@ struct PqScanWork {
   int chunk_rows = 0;     // query rows per scan + finish round
   __half* keys_hi = nullptr;  // [B, H, keys_pad, dim_pad]: scaled decoded keys, fp16
   __half* keys_lo = nullptr;  // the rounding residue of keys_hi, fp16
-  float2* head = nullptr;     // [H]: {key scale 2^-e, bound on the scaled decoded key norm}
+  float* key_scale = nullptr;  // [H]: 2^-e, or 0 for a head with a non-finite centroid
   float* key_norm2 = nullptr;  // [B, H]: the largest squared scaled decoded key norm
   PqCandidate* cand = nullptr;  // [B, H, chunk_rows, slots]
   int* cand_count = nullptr;    // [B, H, chunk_rows]: candidates, or -1 where the row is not settled

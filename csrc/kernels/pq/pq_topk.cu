@@ -27,14 +27,15 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
-#include <cmath>
-#include <cstdint>
 
 #include "../common/kernel_attributes.h"
 #include "pq_api.h"
+#include "pq_dtype.cuh"
 #include "pq_scan.h"
 
 namespace attnx::pq {
@@ -67,15 +68,6 @@ inline int64_t warp_smem_bytes(int m, int topk) {
   const int64_t work = selection_slots(topk) * (int64_t)sizeof(Entry);
   return (kMaxDim + (int64_t)m * kLutCols) * 4 + (work > kBins * 4 ? work : kBins * 4);
 }
-
-template <typename T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float(float x) { return x; }
-template <>
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 // The M codes of one key, as 32-bit words.
 template <int M>
@@ -471,8 +463,8 @@ constexpr int kListWarps = 8;
 __global__ void __launch_bounds__(kListWarps * 32) pq_sort_lists_kernel(const PqTopkParams p, int slots,
                                                                         const RowRange rows) {
   extern __shared__ float4 smem4[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int i = rows.begin + blockIdx.x * kListWarps + warp, h = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int i = rows.begin + blockIdx.x * warps + warp, h = blockIdx.y, b = blockIdx.z;
   if (i >= rows.end) return;
   const int64_t list = ((int64_t)b * p.num_heads + h) * rows.chunk_rows + (i - rows.begin);
   const int count = rows.cand_count[list];
@@ -488,13 +480,15 @@ __global__ void __launch_bounds__(kListWarps * 32) pq_sort_lists_kernel(const Pq
 }
 
 Status launch_lists(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
+  constexpr int kMaxSmem = 227 * 1024;  // the sm_90 opt-in limit, set once whatever k a call has
   const int slots = selection_slots(p.topk);
-  const int64_t smem = slots > 1024 ? (int64_t)kListWarps * slots * sizeof(Entry) : 0;
-  if (smem > 227 * 1024) return Status::kUnsupported;
+  const int64_t per_warp = slots > 1024 ? slots * (int64_t)sizeof(Entry) : 0;  // shorter lists sort in registers
+  // pq_topk_supported keeps one LUT warp's buffer (more than per_warp) within kMaxSmem.
+  const int warps = per_warp > 0 ? (int)std::min<int64_t>(kListWarps, kMaxSmem / per_warp) : kListWarps;
   static KernelAttributesOnce attributes;
-  if (smem > 48 * 1024 && attributes.set(pq_sort_lists_kernel, (int)smem) != cudaSuccess) return Status::kCudaError;
-  const dim3 grid((rows.end - rows.begin + kListWarps - 1) / kListWarps, p.num_heads, p.batch);
-  pq_sort_lists_kernel<<<grid, kListWarps * 32, smem, stream>>>(p, slots, rows);
+  if (attributes.set(pq_sort_lists_kernel, kMaxSmem) != cudaSuccess) return Status::kCudaError;
+  const dim3 grid((rows.end - rows.begin + warps - 1) / warps, p.num_heads, p.batch);
+  pq_sort_lists_kernel<<<grid, warps * 32, warps * per_warp, stream>>>(p, slots, rows);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
@@ -517,23 +511,16 @@ Status launch(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) 
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
-template <int M>
-Status launch_q(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
-  switch (p.q_type) {
-    case QType::kFloat16: return launch<M, __half>(p, rows, stream);
-    case QType::kBFloat16: return launch<M, __nv_bfloat16>(p, rows, stream);
-    case QType::kFloat32: return launch<M, float>(p, rows, stream);
-  }
-  return Status::kUnsupported;
-}
-
 Status launch_rows(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
-  switch (p.num_subspaces) {
-    case 4: return launch_q<4>(p, rows, stream);
-    case 8: return launch_q<8>(p, rows, stream);
-    case 16: return launch_q<16>(p, rows, stream);
-  }
-  return Status::kUnsupported;
+  return with_q_type(p.q_type, [&](auto qt) {
+    using QT = decltype(qt);
+    switch (p.num_subspaces) {
+      case 4: return launch<4, QT>(p, rows, stream);
+      case 8: return launch<8, QT>(p, rows, stream);
+      case 16: return launch<16, QT>(p, rows, stream);
+    }
+    return Status::kUnsupported;
+  });
 }
 
 }  // namespace
