@@ -8,9 +8,9 @@
 # Logs go to $OUT (the device tool's output folder) or ./gpu_check_out.
 #   5. with --wheel [PATH]: the wheel (default: the newest dist/*.whl) installed into a fresh venv,
 #      checked (tests/test_wheel.py) and the GPU tests run against it, away from the source tree.
-#   scripts/gpu_check.sh [--no-bench] [--no-tests] [--bench-args "..."] [--wheel [PATH]]
+#   scripts/gpu_check.sh [--no-bench] [--no-tests] [--no-sanitizers] [--bench-args "..."] [--wheel [PATH]]
 # A full run (tests, then the sanitizers with the racechecks) takes longer than one 600 s device
-# command: run `--no-bench` with the tests, then `--no-tests --no-bench` for the sanitizers.
+# command: run `--no-bench --no-sanitizers` for the tests, then `--no-tests` for the sanitizers and the bench.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -18,12 +18,14 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 BENCH=1
 TESTS=1
+SANITIZERS=1
 BENCH_ARGS="--quick"
 WHEEL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-bench) BENCH=0 ;;
     --no-tests) TESTS=0 ;;
+    --no-sanitizers) SANITIZERS=0 ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
     --wheel)
       if [ $# -gt 1 ] && [ "${2#--}" = "$2" ]; then WHEEL="$2"; shift; else WHEEL="$(ls -t dist/attnx-*.whl 2>/dev/null | head -1)"; fi
@@ -59,7 +61,9 @@ if [ "$TESTS" = 1 ]; then
 fi
 
 # 3. sanitizer
-if command -v compute-sanitizer >/dev/null; then
+if [ "$SANITIZERS" = 0 ]; then
+  :
+elif command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool memcheck --error-exitcode 9 --kernel-name kns=attnx python3 scripts/sanitize_cases.py \
     > "$OUT/memcheck_py.log" 2>&1
   note "memcheck (python, attnx kernels): rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_py.log" | tail -1)"

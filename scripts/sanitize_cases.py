@@ -7,6 +7,7 @@ over 200 s, of every NA instance over 7 minutes; gpu_check runs racecheck with i
 everything). --na-backward-only runs the bf16 neighborhood cases with their backward only (the
 racecheck of the fused NA backward, whose dQ hand-off the dense cases share).
 """
+import os
 import sys
 
 import torch
@@ -101,7 +102,10 @@ for name in sorted(_native.instances()):
                                            (3, (5, 9, 11), 4, 2, [3, 4, 11], [1, 3, 1], [True, False, False])]:
         q = torch.randn(b, *spatial, hq, hd, device="cuda", dtype=dtype)
         k = torch.randn(b, *spatial, hk, hd, device="cuda", dtype=dtype)
-        out, lse = torch.ops.attnx.neighborhood_attention(q, k, k, ks, [1] * len(ks), st, ca, None)
+        for tile in ("64", "128"):  # both forward tile sizes
+            os.environ["ATTNX_NA_TILE"] = tile
+            out, lse = torch.ops.attnx.neighborhood_attention(q, k, k, ks, [1] * len(ks), st, ca, None)
+        del os.environ["ATTNX_NA_TILE"]
         if backward:
             torch.ops.attnx.neighborhood_attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, k,
                                                             out, lse, ks, [1] * len(ks), st, ca, None)

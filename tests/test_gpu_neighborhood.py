@@ -87,9 +87,11 @@ def random_config(seed):
 
 @pytest.mark.parametrize("seed", range(24))
 @pytest.mark.parametrize("d", [32, 64, 128])
-def test_na_forward_random_configs(seed, d):
+def test_na_forward_random_configs(seed, d, monkeypatch):
     dtype = DTYPES[seed % 2]
     need(dtype, d)
+    if seed % 3 != 0:  # one in three picks its tiles; the others force 64- and 128-token tiles
+        monkeypatch.setenv("ATTNX_NA_TILE", "64" if seed % 3 == 1 else "128")
     spatial, kernel, stride, causal, b, hq, hk = random_config(seed * 7 + d)
     torch.manual_seed(seed)
     q = torch.randn(b, *spatial, hq, d, device="cuda", dtype=dtype)
@@ -124,10 +126,14 @@ EDGE_CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("tile", ["auto", "64", "128"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spatial,kernel,stride,causal", EDGE_CONFIGS)
-def test_na_forward_edge_configs(dtype, spatial, kernel, stride, causal):
+def test_na_forward_edge_configs(dtype, spatial, kernel, stride, causal, tile, monkeypatch):
+    """Both forward tile sizes (64 and 128 tokens; ATTNX_NA_TILE forces one) on every edge case."""
     need(dtype, 128)
+    if tile != "auto":
+        monkeypatch.setenv("ATTNX_NA_TILE", tile)
     torch.manual_seed(len(spatial))
     q, k, v = (torch.randn(2, *spatial, 2, 128, device="cuda", dtype=dtype) for _ in range(3))
     check(q, k, v, kernel, dtype, stride=stride, is_causal=causal)

@@ -3,10 +3,10 @@
 //
 //   attnx_bench [--batch B] [--seqlen L] [--seqlen-k LK] [--heads H] [--heads-k HK] [--dim D]
 //               [--dtype bf16|fp16] [--causal] [--warmup N] [--iters N]
-//               [--na-spatial X[,Y[,Z]] --na-kernel K[,K[,K]]]
+//               [--na-spatial X[,Y[,Z]] --na-kernel K[,K[,K]] [--na-stride S[,S[,S]]]]
 //
 // With --na-spatial the problem is neighborhood attention over [B, *spatial, H, D] (non-causal,
-// stride 1; --seqlen is ignored) and TFLOP/s count the attended pairs (tokens x prod(kernel)).
+// stride 1 unless --na-stride; --seqlen is ignored) and TFLOP/s count the attended pairs (tokens x prod(kernel)).
 // Inputs are random (never zeros), rotated among enough copies to exceed L2; times are CUDA-event
 // medians over --iters launches after --warmup launches.
 #include <cuda_runtime.h>
@@ -57,7 +57,7 @@ std::vector<int> int_list(const char* s) {
 int main(int argc, char** argv) {
   int B = 4, L = 8192, LK = -1, H = 16, HK = -1, D = 128, warmup = 10, iters = 50;
   bool causal = false, bf16 = true;
-  std::vector<int> na_spatial, na_kernel;
+  std::vector<int> na_spatial, na_kernel, na_stride;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() { return i + 1 < argc ? std::atoi(argv[++i]) : 0; };
@@ -73,9 +73,11 @@ int main(int argc, char** argv) {
     else if (a == "--dtype" && i + 1 < argc) bf16 = std::strcmp(argv[++i], "fp16") != 0;
     else if (a == "--na-spatial" && i + 1 < argc) na_spatial = int_list(argv[++i]);
     else if (a == "--na-kernel" && i + 1 < argc) na_kernel = int_list(argv[++i]);
+    else if (a == "--na-stride" && i + 1 < argc) na_stride = int_list(argv[++i]);
     else {
       std::printf("usage: %s [--batch B] [--seqlen L] [--seqlen-k LK] [--heads H] [--heads-k HK] [--dim D] "
-                  "[--dtype bf16|fp16] [--causal] [--warmup N] [--iters N] [--na-spatial X[,Y[,Z]] --na-kernel K[,K[,K]]]\n"
+                  "[--dtype bf16|fp16] [--causal] [--warmup N] [--iters N] [--na-spatial X[,Y[,Z]] --na-kernel K[,K[,K]] "
+                  "[--na-stride S[,S[,S]]]]\n"
                   "(built: %s)\n",
                   argv[0], attnx::fmha::built_instances());
       return a == "--help" ? 0 : 2;
@@ -83,8 +85,9 @@ int main(int argc, char** argv) {
   }
   const bool na = !na_spatial.empty();
   if (na) {
-    if (na_spatial.size() > 3 || na_kernel.size() != na_spatial.size()) {
-      std::fprintf(stderr, "--na-spatial takes 1 to 3 extents and --na-kernel one size per extent\n");
+    if (na_stride.empty()) na_stride.assign(na_spatial.size(), 1);
+    if (na_spatial.size() > 3 || na_kernel.size() != na_spatial.size() || na_stride.size() != na_spatial.size()) {
+      std::fprintf(stderr, "--na-spatial takes 1 to 3 extents, --na-kernel and --na-stride one value per extent\n");
       return 2;
     }
     L = 1;
@@ -134,6 +137,7 @@ int main(int argc, char** argv) {
     for (int a = attnx::na::kAxes - 1; a >= 0; --a) {
       const int r = a - (attnx::na::kAxes - rank);  // padded axes lead
       p.extent[a] = r >= 0 ? na_spatial[r] : 1, p.kernel_size[a] = r >= 0 ? na_kernel[r] : 1;
+      p.stride[a] = r >= 0 ? na_stride[r] : 1;
       p.q_axis_stride[a] = p.o_axis_stride[a] = stride, p.k_axis_stride[a] = p.v_axis_stride[a] = stride_k;
       stride *= p.extent[a], stride_k *= p.extent[a];
     }
@@ -181,6 +185,8 @@ int main(int argc, char** argv) {
     std::string sp, ks;
     for (size_t a = 0; a < na_spatial.size(); ++a)
       sp += (a ? "x" : "") + std::to_string(na_spatial[a]), ks += (a ? "x" : "") + std::to_string(na_kernel[a]);
+    if (na_stride != std::vector<int>(na_spatial.size(), 1))
+      for (size_t a = 0; a < na_stride.size(); ++a) ks += (a ? "x" : " stride=") + std::to_string(na_stride[a]);
     const double flops = 4.0 * B * H * D * pairs;
     std::printf("na_fwd %s B=%d spatial=%s kernel=%s H=%d HK=%d D=%d: median %.3f ms, %.1f TFLOP/s (%d sets, %d iters)\n",
                 bf16 ? "bf16" : "fp16", B, sp.c_str(), ks.c_str(), H, HK, D, med, flops / med * 1e-9, sets, iters);

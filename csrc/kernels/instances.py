@@ -42,7 +42,7 @@ FAMILIES = {
     "mla_decode": Family("mla/mla_decode_launch.cuh", "mla/mla_api.h", "attnx::mla", "MlaDecodeParams",
                          "run_mla_decode<MlaDecodeTraits<{elem}>>(p, stream)"),
     "na_fwd": Family("na/na_fwd_launch.cuh", "na/na_api.h", "attnx::na", "NaFwdParams",
-                     "run_na_fwd<NaFwdConfig<{elem}, {d}>::Traits>(p, stream)"),
+                     "run_na_fwd_config<NaFwdConfig<{elem}, {d}>>(p, stream)"),
     "na_bwd": Family("na/na_bwd_launch.cuh", "na/na_api.h", "attnx::na", "NaBwdParams",
                      "run_na_bwd<NaBwdConfig<{elem}, {d}>::Traits>(p, stream)"),
     "sparse_fwd": Family("sparse/sparse_launch.cuh", "sparse/sparse_api.h", "attnx::sparse", "SparseFwdParams",

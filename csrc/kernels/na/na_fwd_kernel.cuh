@@ -35,6 +35,9 @@ template <class Traits>
 constexpr int kNaSmemOffset = (Traits::kSmemBytes + 1023) / 1024 * 1024;
 template <class Traits>
 constexpr int kNaSmemBytes = kNaSmemOffset<Traits> + (int)sizeof(NaFwdSmem<Traits>);
+// 1 KB of each SM's 228 KB is reserved per resident CTA.
+template <class Traits>
+constexpr bool kNaSmemFits = Traits::kMinBlocksPerSm * (kNaSmemBytes<Traits> + 1024) <= 228 * 1024;
 // Named barrier of the consumer warpgroups (ids 1-2: epilogue, 4-5: ping-pong scheduler).
 constexpr int kColumnSetsBarrier = 3;
 
@@ -91,8 +94,9 @@ __device__ void na_fwd_load(const NaFwdKernelParams<Traits>& kp, typename Traits
 // meant to hide the start-up and epilogue that a short neighbourhood walk leaves exposed, but
 // measured no better (docs/perf-notes.md); it stays for the scheduler work to come.
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+__global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
     na_fwd_kernel(const __grid_constant__ NaFwdKernelParams<Traits> kp) {
+  static_assert(kNaSmemFits<Traits>, "resident CTAs exceed the SM's shared memory");
   using Pipeline = typename Traits::Pipeline;
   using Element = typename Traits::Element;
   extern __shared__ char smem_buf[];

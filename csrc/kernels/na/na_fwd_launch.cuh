@@ -77,11 +77,38 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
       return Status::kCudaError;
-    num_ctas = std::min<int64_t>(num_work, num_sms);
+    num_ctas = std::min<int64_t>(num_work, (int64_t)num_sms * Traits::kMinBlocksPerSm);
   }
   const dim3 grid((unsigned)num_ctas);
   kernel<<<grid, Traits::kNumThreads, kNaSmemBytes<Traits>, stream>>>(kp);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+// The instance's entry: runs the problem with the Config's 128-token or 64-token tiles
+// (na_fwd_tile_size; explicit p.q_tile picks by its token count). ATTNX_NA_TILE=64 or 128 forces
+// one size, for measurements and tests.
+template <class Config>
+Status run_na_fwd_config(const NaFwdParams& p, cudaStream_t stream) {
+  using Long = typename Config::Traits;
+  using Short = typename Config::ShortTraits;
+  static_assert(Long::kBlockM == 128 && Short::kBlockM == 64);
+  if (p.q_tile[0] != 0 || p.q_tile[1] != 0 || p.q_tile[2] != 0) {
+    const int64_t tokens = (int64_t)p.q_tile[0] * p.q_tile[1] * p.q_tile[2];
+    return tokens == Short::kBlockM ? run_na_fwd<Short>(p, stream) : run_na_fwd<Long>(p, stream);
+  }
+  bool empty = false;
+  if (const Status geometry = na_check_geometry(p, empty); geometry != Status::kSuccess || empty) return geometry;
+  NaFwdParams chosen = p;
+  const char* force = std::getenv("ATTNX_NA_TILE");
+  const int forced = force != nullptr ? std::atoi(force) : 0;
+  int log2_tokens = 0;
+  if (forced == 64 || forced == 128) {
+    log2_tokens = forced == 64 ? 6 : 7;
+    na_choose_tile(p, log2_tokens, chosen.q_tile);
+  } else {
+    log2_tokens = na_fwd_tile_size(p, 7, 6, chosen.q_tile);
+  }
+  return log2_tokens == 6 ? run_na_fwd<Short>(chosen, stream) : run_na_fwd<Long>(chosen, stream);
 }
 
 }  // namespace attnx::na

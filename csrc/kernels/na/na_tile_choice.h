@@ -6,6 +6,7 @@
 // along that axis: a few thousand window evaluations per candidate.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "na_params.h"
@@ -59,6 +60,28 @@ inline void na_choose_tile(const NaFwdParams& p, int log2_tokens, int (&tile)[kA
   };
   scan(true);
   if (best < 0.0) scan(false);  // no shape fits inside the axes: short axes make every shape cheap to score
+}
+
+// The forward's tile size: log2 of the token count, log2_short when the small tiles pay, else
+// log2_long; the chosen shape is returned in tile. Small tiles (two CTAs resident per SM) visit
+// fewer key slots, since a smaller Q tile's windows leave less of their union unused, and hide one
+// CTA's start-up and epilogue under the other's GEMMs, which matters on short walks; but per key
+// slot they run the tensor cores at a lower rate. Fitted to 15 problems on an H200 (head dims 64
+// and 128, docs/perf-notes.md): time(small) / time(long) ~ r * (1.23 - 0.64 / w), with r the key
+// slots visited by small over long tiles and w the long tiles' mean walk (KV tiles per Q tile).
+// Small tiles are taken where that predicts a gain of more than 3% (run-to-run spread).
+inline int na_fwd_tile_size(const NaFwdParams& p, int log2_long, int log2_short, int (&tile)[kAxes]) {
+  int small[kAxes];
+  na_choose_tile(p, log2_long, tile);
+  na_choose_tile(p, log2_short, small);
+  const double pairs_long = na_visited_pairs(p, tile), pairs_short = na_visited_pairs(p, small);
+  double q_tiles = 1.0;
+  for (int a = 0; a < kAxes; ++a) q_tiles *= (double)((p.extent[a] + tile[a] - 1) / tile[a]);
+  const double r = pairs_short / pairs_long * std::ldexp(1.0, 2 * (log2_short - log2_long));
+  const double walk = pairs_long / q_tiles;
+  if (r * (1.23 - 0.64 / walk) >= 0.97) return log2_long;
+  for (int a = 0; a < kAxes; ++a) tile[a] = small[a];
+  return log2_short;
 }
 
 // Backward: each CTA owns a KV tile (2^log2_kv tokens) and walks the Q tiles (2^log2_q tokens)

@@ -336,7 +336,8 @@ def _varlen_bwd_case(ctx, lens, nominal_max, h, d, causal):
 # neighborhood (and strided NA for gna)
 # ----------------------------------------------------------------------------------------------
 NA = {  # (spatial, kernel_size), B, H, D
-    "full": ([((128, 128), (31, 31)), ((16, 64, 64), (8, 16, 16)), ((32768,), (2049,))], 1, 16, 128),
+    "full": ([((128, 128), (31, 31)), ((16, 64, 64), (8, 16, 16)), ((32768,), (2049,)),
+              ((128, 128), (13, 13)), ((32768,), (129,))], 1, 16, 128),  # the last two: short walks
     "quick": ([((64, 64), (15, 15)), ((8, 16, 16), (4, 8, 8)), ((2048,), (129,))], 1, 16, 128),
     "cpu": ([((16, 16), (7, 7)), ((4, 8, 8), (3, 5, 5)), ((256,), (33,))], 1, 2, 64),
     "cpu-quick": ([((12, 12), (5, 5)), ((128,), (17,))], 1, 2, 64),
@@ -348,11 +349,11 @@ def neighborhood(ctx: Ctx) -> list:
     return [_na_case(ctx, "neighborhood", spatial, ks, 1, b, h, d) for spatial, ks in cfgs]
 
 
-def _na_tile_bound(spatial, kernel, stride, causal):
-    """The simulator's speedup bound for 128-token tiles of one shape for Q and KV (what the fused
-    kernel runs), maximised over the power-of-two shapes that fit the axes."""
+def _na_tile_bound(spatial, kernel, stride, causal, tokens=128):
+    """The simulator's speedup bound for tiles of `tokens` tokens of one shape for Q and KV (the
+    fused kernel runs 128 or, on short walks, 64), maximised over the power-of-two shapes that fit."""
     best = max((attnx.gna.speedup_bound(spatial, kernel, stride, 1, causal, q_tile=t, kv_tile=t)["speedup_bound"], t)
-               for t in attnx.gna._pow2_shapes(len(spatial), 128) if all(x <= n for x, n in zip(t, spatial)))
+               for t in attnx.gna._pow2_shapes(len(spatial), tokens) if all(x <= n for x, n in zip(t, spatial)))
     return best
 
 
@@ -414,8 +415,9 @@ def _na_case(ctx, family, spatial, kernel, stride, b, h, d, causal=False, model=
     if model:
         name = f"{model}: {name}"
     tile_bound, tile = _na_tile_bound(spatial, kernel, stride, causal_t)
+    small_bound, small_tile = _na_tile_bound(spatial, kernel, stride, causal_t, 64)
     note = (f"FLOP bound {sb['flop_speedup']:.2f}x over dense, tile bound {tile_bound:.2f}x "
-            f"(128-token tiles {_fmt_axes(tile)})")
+            f"(128-token tiles {_fmt_axes(tile)}; 64-token tiles {_fmt_axes(small_tile)}: {small_bound:.2f}x)")
     if family == "gna":
         note = (f"GNA bound {sb['speedup_bound']:.2f}x (FLOP {sb['flop_speedup']:.2f}x), "
                 f"tile util {100 * sb['tile_utilization']:.0f}%")
