@@ -6,7 +6,8 @@
 //               [--na-spatial X[,Y[,Z]] --na-kernel K[,K[,K]] [--na-stride S[,S[,S]]]]
 //
 // With --na-spatial the problem is neighborhood attention over [B, *spatial, H, D] (non-causal,
-// stride 1 unless --na-stride; --seqlen is ignored) and TFLOP/s count the attended pairs (tokens x prod(kernel)).
+// stride 1 unless --na-stride; --seqlen is ignored) and TFLOP/s count the attended pairs
+// (tokens x prod(kernel)).
 // Inputs are random (never zeros), rotated among enough copies to exceed L2; times are CUDA-event
 // medians over --iters launches after --warmup launches.
 #include <cuda_runtime.h>
