@@ -1,11 +1,13 @@
 """Small cases of every native kernel, run under compute-sanitizer by scripts/gpu_check.sh.
 
-    python scripts/sanitize_cases.py [--forward-only | --na-backward-only]
+    python scripts/sanitize_cases.py [--forward-only | --na-backward-only | --backward-only]
 
 --forward-only skips the backward kernels and the fp16 NA instances (racecheck of the backward took
 over 200 s, of every NA instance over 7 minutes; gpu_check runs racecheck with it and memcheck on
 everything). --na-backward-only runs the bf16 neighborhood cases with their backward only (the
-racecheck of the fused NA backward, whose dQ hand-off the dense cases share).
+racecheck of the fused NA backward, whose dQ hand-off the dense cases share). --backward-only runs
+the bf16 cases of every family with a fused-MHA backward (dense, packed, block-sparse, NA), for a
+sanitizer run restricted to the backward kernels (--kernel-name kns=bwd_kernel).
 """
 import os
 import sys
@@ -17,6 +19,9 @@ from attnx import _native
 
 torch.manual_seed(0)
 ran = []
+# The backward kernels loop over KV tiles; at most 2 CTAs here, so each walks several tiles of these
+# small problems (carrying its pipelines, K/V buffers and dQ hand-off from one tile to the next).
+os.environ.setdefault("ATTNX_BWD_PERSISTENT", "2")
 
 
 def cu(lengths):
@@ -27,8 +32,9 @@ def cu(lengths):
 
 
 NA_BWD_ONLY = "--na-backward-only" in sys.argv
+BWD_ONLY = "--backward-only" in sys.argv  # bf16 only; MLA, sparse and PQ skipped
 for name in sorted(_native.instances()):
-    if not name.startswith("fmha_fwd") or NA_BWD_ONLY:
+    if not name.startswith("fmha_fwd") or NA_BWD_ONLY or (BWD_ONLY and "bf16" not in name):
         continue  # each forward case below also runs the backward of its (dtype, head dim)
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
     bwd = f"fmha_bwd_{tag}_hdim{hd}" in _native.instances() and "--forward-only" not in sys.argv
@@ -52,7 +58,7 @@ for name in sorted(_native.instances()):
             torch.ops.attnx.varlen_attention_backward(torch.randn_like(out), None, q, k, k, out, lse, *args)
     ran.append(name + (" (+ backward)" if bwd else ""))
 for name in sorted(_native.instances()):
-    if not name.startswith("fmha_fwd") or NA_BWD_ONLY:
+    if not name.startswith("fmha_fwd") or NA_BWD_ONLY or (BWD_ONLY and "bf16" not in name):
         continue  # block-sparse forward: partial last tile, empty Q tiles, broadcast lists, junk ids
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
@@ -70,7 +76,7 @@ for name in sorted(_native.instances()):
     ran.append(name + " (block-sparse" + (" + backward)" if bwd else ")"))
 
 for name in sorted(_native.instances()):
-    if not name.startswith("mla_decode") or NA_BWD_ONLY:
+    if not name.startswith("mla_decode") or NA_BWD_ONLY or BWD_ONLY:
         continue
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name.split("_")[2]]
     # lengths: empty, partial page, page boundary +1, two pages; 2 query blocks (Hq 128) too
@@ -92,7 +98,7 @@ for name in sorted(_native.instances()):
     if not name.startswith("na_fwd"):
         continue  # fused NA: 1-D to 3-D, tiles overhanging the axes, several batches, GQA, stride, causal
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
-    if ("--forward-only" in sys.argv or NA_BWD_ONLY) and tag != "bf16":
+    if ("--forward-only" in sys.argv or NA_BWD_ONLY or BWD_ONLY) and tag != "bf16":
         continue  # racecheck of every NA instance took minutes; fp16 shares the code
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
     backward = "--forward-only" not in sys.argv and name.replace("na_fwd", "na_bwd") in _native.instances()
@@ -111,7 +117,7 @@ for name in sorted(_native.instances()):
                                                             out, lse, ks, [1] * len(ks), st, ca, None)
     ran.append(name + (" (+ na_bwd)" if backward else ""))
 for name in sorted(_native.instances()):
-    if not name.startswith("sparse_fwd") or NA_BWD_ONLY:
+    if not name.startswith("sparse_fwd") or NA_BWD_ONLY or BWD_ONLY:
         continue  # sparse: empty slots and rows, junk indices (read as empty), GQA, k not a multiple of 32
     tag, hd = name.split("_")[2], int(name.split("hdim")[1])
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[tag]
@@ -127,7 +133,7 @@ for name in sorted(_native.instances()):
             torch.ops.attnx.sparse_attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, k, out,
                                                       lse, idx, None)
     ran.append(name + (" (+ sparse_bwd)" if backward else ""))
-if _native.has_cuda_kernel("pq_topk") and not NA_BWD_ONLY:
+if _native.has_cuda_kernel("pq_topk") and not (NA_BWD_ONLY or BWD_ONLY):
     # PQ top-k: every M, q dtype; k near Lk, causal rows with no key, all-equal scores (truncation)
     for m, ds, c, dtype, (lq, lk, kk, causal) in [(4, 16, 100, torch.float32, (33, 1000, 700, False)),
                                                   (8, 8, 256, torch.bfloat16, (70, 30, 5, True)),

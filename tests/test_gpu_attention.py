@@ -143,14 +143,26 @@ def test_misaligned_views_fall_back():
 GRAD_TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
+# The backward kernels loop over KV tiles (a CTA carries its pipelines, K/V buffers and the dQ
+# hand-off from one tile to the next). One CTA per tile is the default; ATTNX_BWD_PERSISTENT caps
+# the grid so that CTAs take several tiles (1: one CTA takes every tile).
+BWD_CTAS = [None, "1", "3"]
+
+
+def set_bwd_ctas(monkeypatch, ctas):
+    if ctas is not None:
+        monkeypatch.setenv("ATTNX_BWD_PERSISTENT", ctas)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_attention_backward_kernel_matches_reference(dtype, d, causal, shape):
+def test_attention_backward_kernel_matches_reference(dtype, d, causal, shape, monkeypatch):
     if not built(dtype, d) or f"fmha_bwd_{'bf16' if dtype == torch.bfloat16 else 'fp16'}_hdim{d}" not in _native.instances():
         pytest.skip("instance not built")
     b, lq, lk, hq, hk = shape
+    set_bwd_ctas(monkeypatch, BWD_CTAS[(SHAPES.index(shape) + d // 64 + causal) % len(BWD_CTAS)])
     q = torch.randn(b, lq, hq, d, device="cuda", dtype=dtype)
     k = torch.randn(b, lk, hk, d, device="cuda", dtype=dtype)
     v = torch.randn(b, lk, hk, d, device="cuda", dtype=dtype)
@@ -165,3 +177,29 @@ def test_attention_backward_kernel_matches_reference(dtype, d, causal, shape):
     for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
         assert not torch.isnan(g).any(), name
         assert rel_err(g, r) < GRAD_TOL[dtype], name
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_attention_backward_same_dk_dv_whatever_the_grid(d, monkeypatch):
+    """dK/dV are reduced in registers in a fixed order per KV tile, so they are bitwise the same
+    whether one CTA walks every tile, a few CTAs share them, or each tile has its own CTA."""
+    if f"fmha_bwd_bf16_hdim{d}" not in _native.instances():
+        pytest.skip("instance not built")
+    torch.manual_seed(d)
+    q = torch.randn(2, 700, 4, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(2, 900, 2, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out, lse = torch.ops.attnx.attention(q, k, v, True, None)
+    dout = torch.randn_like(out)
+    results = []
+    for ctas in ("sms", "1", "5", None):
+        if ctas is None:
+            monkeypatch.delenv("ATTNX_BWD_PERSISTENT", raising=False)
+        else:
+            monkeypatch.setenv("ATTNX_BWD_PERSISTENT", ctas)
+        poison_allocator()
+        results.append(torch.ops.attnx.attention_backward(dout, None, q, k, v, out, lse, True, None))
+    ref = attnx.reference.dense_varlen.attention_bwd(dout, None, q, k, v, True, None)
+    for dq, dk, dv in results:
+        assert torch.equal(dk, results[0][1]) and torch.equal(dv, results[0][2])
+        assert rel_err(dq, ref[0]) < GRAD_TOL[torch.bfloat16]
+    assert rel_err(results[0][1], ref[1]) < GRAD_TOL[torch.bfloat16]

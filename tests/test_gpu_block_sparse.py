@@ -13,7 +13,7 @@ import attnx
 import attnx.reference
 from attnx import _native
 from conftest import names_arg, rel_err
-from test_gpu_attention import GRAD_TOL, LSE_TOL, OUT_TOL, built, poison_allocator
+from test_gpu_attention import BWD_CTAS, GRAD_TOL, LSE_TOL, OUT_TOL, built, poison_allocator, set_bwd_ctas
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not _native.has_cuda_kernel("block_sparse_attention"),
@@ -80,10 +80,11 @@ def test_block_sparse_forward_matches_reference(dtype, d, b, lq, lk, h, bcast):
 @pytest.mark.parametrize("b,lq,lk,hq,hk,bcast", [(1, 1, 1, 1, 1, True), (2, 1000, 1000, 4, 2, False),
                                                  (1, 384, 777, 2, 2, True), (2, 2048, 1536, 4, 4, False),
                                                  (1, 130, 5000, 2, 1, False), (3, 700, 300, 3, 1, True)])
-def test_block_sparse_backward_matches_reference(dtype, d, b, lq, lk, hq, hk, bcast):
+def test_block_sparse_backward_matches_reference(dtype, d, b, lq, lk, hq, hk, bcast, monkeypatch):
     if not built(dtype, d, "fmha_bwd"):
         pytest.skip("no native backward instance for this dtype / head dim")
     need(dtype, d)
+    set_bwd_ctas(monkeypatch, BWD_CTAS[(lq + lk + d + hq) % len(BWD_CTAS)])  # several tiles per CTA
     torch.manual_seed(lq + lk + d + hq)
     qb, kb = _native.block_sparse_tiles(d)
     nq, nk = -(-lq // qb), -(-lk // kb)

@@ -16,7 +16,7 @@ import attnx.reference
 from attnx import _native
 from attnx.ops.neighborhood import dilation_in_batch
 from conftest import names_arg, rel_err
-from test_gpu_attention import GRAD_TOL, LSE_TOL, OUT_TOL, built, poison_allocator
+from test_gpu_attention import BWD_CTAS, GRAD_TOL, LSE_TOL, OUT_TOL, built, poison_allocator, set_bwd_ctas
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not _native.has_cuda_kernel("neighborhood_attention"),
@@ -102,7 +102,8 @@ def test_na_forward_random_configs(seed, d, monkeypatch):
 
 @pytest.mark.parametrize("seed", range(24))
 @pytest.mark.parametrize("d", [32, 64, 128])
-def test_na_backward_random_configs(seed, d):
+def test_na_backward_random_configs(seed, d, monkeypatch):
+    set_bwd_ctas(monkeypatch, BWD_CTAS[seed % len(BWD_CTAS)])  # several KV tiles per CTA
     dtype = DTYPES[(seed + 1) % 2]
     need(dtype, d, backward=True)
     spatial, kernel, stride, causal, b, hq, hk = random_config(seed * 11 + d + 1)
@@ -139,10 +140,14 @@ def test_na_forward_edge_configs(dtype, spatial, kernel, stride, causal, tile, m
     check(q, k, v, kernel, dtype, stride=stride, is_causal=causal)
 
 
+@pytest.mark.parametrize("ctas", BWD_CTAS, ids=lambda c: f"ctas={c or 'sms'}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("spatial,kernel,stride,causal", EDGE_CONFIGS)
-def test_na_backward_edge_configs(dtype, spatial, kernel, stride, causal):
+def test_na_backward_edge_configs(dtype, spatial, kernel, stride, causal, ctas, monkeypatch):
+    """Every edge case with the persistent backward's grid capped (one CTA walking every KV tile,
+    three sharing them) and uncapped."""
     need(dtype, 128, backward=True)
+    set_bwd_ctas(monkeypatch, ctas)
     torch.manual_seed(len(spatial) + 1)
     q, k, v = (torch.randn(2, *spatial, 2, 128, device="cuda", dtype=dtype) for _ in range(3))
     check_backward(q, k, v, kernel, dtype, stride, causal, with_dlse=len(spatial) == 2)

@@ -7,6 +7,7 @@
 
 #include "../common/cuda_check.h"
 #include "../common/kernel_attributes.h"
+#include "bwd_persistent_grid.h"
 #include "fmha_bwd_kernel.cuh"
 #include "fmha_bwd_prepost.cuh"
 
@@ -65,8 +66,11 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
   auto kernel = block_sparse ? fmha_bwd_kernel<Traits, true> : fmha_bwd_kernel<Traits, false>;
   static KernelAttributesOnce attributes[2];  // per kernel: the range walk, the block-sparse lists
   if (attributes[block_sparse].set(kernel, Traits::kSmemBytes) != cudaSuccess) return Status::kCudaError;
-  const dim3 grid((unsigned)(num_n_blocks * p.batch), p.num_heads_k);
-  kernel<<<grid, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
+  const int64_t num_tiles = num_n_blocks * p.batch * p.num_heads_k;
+  if (num_tiles >= (1LL << 31)) return Status::kInvalidArgument;
+  int num_ctas = 0;
+  if (bwd_persistent_ctas(num_tiles, num_ctas) != cudaSuccess) return Status::kCudaError;
+  kernel<<<num_ctas, Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
 
   const dim3 post_grid((unsigned)(row_blocks * p.batch), p.num_heads_q);  // same row blocks as pre
   fmha_bwd_postprocess_kernel<Element, Traits::kHeadDim><<<post_grid, 256, 0, stream>>>(p);

@@ -50,10 +50,22 @@ struct BwdWalk {
   }
 };
 
+// Before the K/V of a CTA's n-th work tile (n > 0) load, the consumers must be done with the
+// previous tile's (they arrive on kv_empty after their last dQ GEMM, then store dK/dV while the
+// next tile's K/V and first Q/dO tiles are already in flight).
+template <class Traits>
+__device__ __forceinline__ void fmha_bwd_acquire_kv(typename Traits::SharedStorage& ss, int n) {
+  if (n > 0) cutlass::arch::ClusterBarrier::wait(&ss.barrier_kv_empty, (n - 1) & 1);
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_kv, 2 * Traits::kTmaBytesKV);
+}
+
+// `write` carries the Q/dO pipeline state from one work tile to the next; n: the tile's ordinal
+// among this CTA's tiles with work.
 template <class Traits, class Walk>
 __device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
                               typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do,
-                              const VarlenBlockInfo& info, int n_block, int head_k, const Walk& walk) {
+                              typename Traits::PipelineState& write, int n, const VarlenBlockInfo& info,
+                              int n_block, int head_k, const Walk& walk) {
   using BlockQ = Shape<typename Traits::BM, typename Traits::D>;
   using BlockKV = Shape<typename Traits::BN, typename Traits::D>;
   const FmhaBwdParams& p = kp.p;
@@ -67,12 +79,11 @@ __device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Tr
   Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
   auto [tKgK, tKsK] = tma_partition(kp.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK), group_modes<0, 2>(gK));
   auto [tVgV, tVsV] = tma_partition(kp.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV), group_modes<0, 2>(gV));
-  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_kv, 2 * Traits::kTmaBytesKV);
+  fmha_bwd_acquire_kv<Traits>(ss, n);
   copy(kp.tma_k.with(ss.barrier_kv, 0), tKgK, tKsK);
   copy(kp.tma_v.with(ss.barrier_kv, 0), tVgV, tVsV);
 
   const BwdWorkspace ws(p);
-  auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
   const int count = walk.count();
   for (int i = 0; i < count; ++i) {
     const auto st = walk.step(i);
@@ -98,9 +109,12 @@ __device__ void fmha_bwd_load(const FmhaBwdKernelParams<Traits>& kp, typename Tr
 // Consumer warpgroups: accumulate dK (unscaled) and dV for this thread's keys; add dQ partials
 // (unscaled) to the workspace. Family-neutral: the walk gives each step's head, Q tile and
 // workspace row; the mask (on transposed scores) takes the step.
-// Named barriers of the dQ hand-off (per buffer b = step % kDqStages): the consumers sync on
-// empty + b before writing buffer b and arrive on full + b after; the writer warp syncs on
-// full + b, issues the bulk reduce-add and, once the copy has read the buffer, arrives on empty + b.
+// Named barriers of the dQ hand-off, per buffer b = g % kDqStages where g counts the CTA's steps
+// over all its work tiles (so the hand-off runs on across tiles): the consumers sync on empty + b
+// before writing buffer b (not for their first kDqStages steps: the buffers start empty) and
+// arrive on full + b after; the writer warp syncs on full + b, issues the bulk reduce-add and, once
+// the copy has read the buffer, arrives on empty + b. The consumers' last kDqStages syncs come
+// after their last tile (fmha_bwd_dq_drain), so every arrival is matched.
 constexpr int kDqFullBarrier = 4;   // 4, 5
 constexpr int kDqEmptyBarrier = 6;  // 6, 7
 
@@ -113,16 +127,17 @@ __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const float* sm
 }
 
 // The dQ writer (one warp of the producer warpgroup): per step, adds the consumers' staged dQ tile
-// to the workspace rows of that step. Walks the same steps as the consumers.
+// to the workspace rows of that step. Walks the same steps as the consumers; g0: the CTA's steps
+// before this tile's. The caller waits for the adds to land (bulk wait_group 0) before it exits.
 template <class Traits, class Walk>
-__device__ void fmha_bwd_dq_writer(typename Traits::SharedStorage& ss, float* dq_accum, const Walk& walk, int lane) {
+__device__ void fmha_bwd_dq_writer(typename Traits::SharedStorage& ss, float* dq_accum, const Walk& walk, int lane,
+                                   int g0) {
   constexpr int kTileFloats = Traits::kBlockM * Traits::kHeadDim;
   constexpr int kThreads = Traits::kNumMmaThreads + 32;
   constexpr int kBufs = Traits::kDqStages;
   const int count = walk.count();
-  for (int b = 0; b < kBufs && b < count; ++b) NamedBarrier::arrive(kDqEmptyBarrier + b, kThreads);  // start empty
   for (int step = 0; step < count; ++step) {
-    const int buf = step % kBufs;
+    const int buf = (g0 + step) % kBufs;
     NamedBarrier::sync(kDqFullBarrier + buf, kThreads);
     if (lane == 0) {
       bulk_reduce_add_f32(dq_accum + walk.step(step).ws_row * Traits::kHeadDim, ss.dq.data() + buf * kTileFloats,
@@ -130,14 +145,27 @@ __device__ void fmha_bwd_dq_writer(typename Traits::SharedStorage& ss, float* dq
       asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");  // the buffer may be rewritten
     }
     __syncwarp();
-    if (step + kBufs < count) NamedBarrier::arrive(kDqEmptyBarrier + buf, kThreads);
+    NamedBarrier::arrive(kDqEmptyBarrier + buf, kThreads);
   }
+}
+
+__device__ __forceinline__ void fmha_bwd_dq_writer_finish(int lane) {
   if (lane == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");  // the adds have landed
+}
+
+// Consumers, after their last work tile: the syncs that match the writer's last kDqStages arrivals
+// (total: the CTA's steps over all its tiles).
+template <class Traits>
+__device__ __forceinline__ void fmha_bwd_dq_drain(int total) {
+  constexpr int kBufs = Traits::kDqStages;
+  for (int g = total; g < total + kBufs; ++g)
+    if (g >= kBufs) NamedBarrier::sync(kDqEmptyBarrier + g % kBufs, Traits::kNumMmaThreads + 32);
 }
 
 template <class Traits, class Mask, class Walk, class TensordK, class TensordV>
 __device__ void fmha_bwd_mma(float softmax_scale, typename Traits::SharedStorage& ss,
-                             typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do, const Mask& mask,
+                             typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do,
+                             typename Traits::PipelineState& read, int n, int g0, const Mask& mask,
                              const Walk& walk, int mma_tid, TensordK& tdKrdK, TensordV& tdVrdV) {
   using Element = typename Traits::Element;
   typename Traits::TiledMmaSdP mma_sdp;
@@ -169,14 +197,16 @@ __device__ void fmha_bwd_mma(float softmax_scale, typename Traits::SharedStorage
   using TileSdP = Shape<typename Traits::BN, typename Traits::BM>;
   Tensor tScS = thr_sdp.partition_C(make_identity_tensor(TileSdP{}));
   Tensor coord_rc = make_tensor(tScS.data(), accumulator_rowcol(tScS.layout()));  // (key, query)
-  auto store_ds = make_tiled_copy_C(Copy_Atom<DefaultCopy, Element>{}, mma_sdp);
+  // dS^T from the accumulator to dS (queries as rows, keys contiguous) with transposing stmatrix:
+  // each 16-byte row is 8 consecutive keys of one query, four instructions per thread per step
+  // instead of 32 two-byte stores (and far fewer address registers).
+  auto store_ds = make_tiled_copy_C(Copy_Atom<SM90_U16x8_STSM_T, Element>{}, mma_sdp);
   auto thr_store_ds = store_ds.get_thread_slice(mma_tid);
   Tensor tdSsdS = thr_store_ds.partition_D(sdSt);
   Tensor tdQcdQ = thr_dq.partition_C(make_identity_tensor(Shape<typename Traits::BM, typename Traits::D>{}));
 
   const float scale_log2 = softmax_scale * 1.4426950408889634f;
-  cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_kv, 0);
-  typename Traits::PipelineState read;
+  cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_kv, n & 1);
   const int count = walk.count();
   for (int step = 0; step < count; ++step) {
     const auto st = walk.step(step);
@@ -211,26 +241,26 @@ __device__ void fmha_bwd_mma(float softmax_scale, typename Traits::SharedStorage
     Tensor rdS = convert_fragment<Element>(tdPrdP, tdPrdP.layout());
     Tensor tdVrP = make_tensor(rP.data(), accumulator_as_a_operand(rP.layout()));
     Tensor tdKrdS = make_tensor(rdS.data(), accumulator_as_a_operand(rdS.layout()));
+    // Issue order (FA3's): dV; dS to shared memory; dQ (its wait retires dV, so the dO stage is
+    // free); dK (its wait retires dQ); dQ staged for the writer while dK runs; then wait for dK.
     wgmma_gemm<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
-    wgmma_gemm<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
 
-    // dS through shared memory for dQ. Buffer step % 2 is free: the other warpgroup read it for
+    // dS through shared memory for dQ. Buffer g % 2 is free: the other warpgroup read it for
     // dQ two steps ago and has since passed the previous step's barrier, which it reaches only
-    // after that dQ completed.
-    const int buf = step & 1;
+    // after that dQ completed (g counts over work tiles, so this holds across them too).
+    const int g = g0 + step, buf = g & 1;
     copy(store_ds, thr_store_ds.retile_S(rdS), tdSsdS(_, _, _, buf));
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes read by wgmma (async proxy)
     NamedBarrier::sync(2, Traits::kNumMmaThreads);
     Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<typename Traits::BM, typename Traits::D>{});
-    wgmma_gemm<true, 0>(mma_dq, tdQrdS(_, _, _, buf), tdQrKt, tdQrdQ);  // also retires the dV and dK batches
-    pipe_q.consumer_release(read);
+    wgmma_gemm<true, 1>(mma_dq, tdQrdS(_, _, _, buf), tdQrKt, tdQrdQ);  // retires dV
     pipe_do.consumer_release(read);
-    ++read;
+    wgmma_gemm<false, 1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);  // retires dQ
 
     // Stage dQ for the writer warp. The writer arrives on the buffer's empty barrier once the
     // copy of its previous tile (kDqStages steps ago) has read it.
-    const int dq_buf = step % Traits::kDqStages;
-    NamedBarrier::sync(kDqEmptyBarrier + dq_buf, Traits::kNumMmaThreads + 32);
+    const int dq_buf = g % Traits::kDqStages;
+    if (g >= Traits::kDqStages) NamedBarrier::sync(kDqEmptyBarrier + dq_buf, Traits::kNumMmaThreads + 32);
     float* sdq = ss.dq.data() + dq_buf * (Traits::kBlockM * Traits::kHeadDim);
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < size(tdQrdQ); i += 2) {  // value pairs are adjacent columns of one row
@@ -240,7 +270,15 @@ __device__ void fmha_bwd_mma(float softmax_scale, typename Traits::SharedStorage
     }
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes read by the bulk copy
     NamedBarrier::arrive(kDqFullBarrier + dq_buf, Traits::kNumMmaThreads + 32);
+    warpgroup_wait<0>();  // dK: Q and the dS registers are free
+    warpgroup_fence_operand(tdKrdK);
+    warpgroup_fence_operand(tdKrdS);
+    pipe_q.consumer_release(read);
+    ++read;
   }
+  // Every GEMM of the last step has completed (wgmma wait 0): K and V may be overwritten by the
+  // next tile's.
+  cutlass::arch::ClusterBarrier::arrive(&ss.barrier_kv_empty);
 }
 
 }  // namespace attnx::fmha

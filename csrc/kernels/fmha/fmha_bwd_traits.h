@@ -100,7 +100,8 @@ struct FmhaBwdTraits {
     alignas(128) float dpsum[kStages][kBlockM];     // per stage: rowsum(dO * O) - dlse
     typename Pipeline::SharedStorage pipeline_q;
     typename Pipeline::SharedStorage pipeline_do;
-    uint64_t barrier_kv;
+    uint64_t barrier_kv;        // K and V of the current work tile have landed (phase per tile)
+    uint64_t barrier_kv_empty;  // the consumers are done with them (persistent CTAs)
   };
   static constexpr int kSmemBytes = sizeof(SharedStorage);
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");

@@ -13,6 +13,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
+#include "../common/opaque.cuh"
 #include "../fmha/fmha_bwd_mainloop.cuh"
 #include "na_bwd_prepost.cuh"
 #include "na_tile_map.cuh"
@@ -68,15 +69,18 @@ struct NaBwdMask {
   }
 };
 
-// K and V of the CTA's tile once; then per step the Q and dO tiles with their lse / dpsum slices.
+// K and V of a work tile once (its n-th with work: once the consumers are done with the previous
+// tile's); then per step the Q and dO tiles with their lse / dpsum slices. `write` carries the
+// pipeline state across work tiles.
 template <class Traits>
 __device__ void na_bwd_load(const NaBwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
                             typename Traits::Pipeline& pipe_q, typename Traits::Pipeline& pipe_do,
-                            const NaQTile& kv_tile, const NaTileShape& q_shape, const NaBwdWalk& walk) {
+                            typename Traits::PipelineState& write, int n, const NaQTile& kv_tile,
+                            const NaTileShape& q_shape, const NaBwdWalk& walk) {
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   const NaBwdParams& p = kp.p;
   const int extent0 = p.extent[0];
-  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_kv, 2 * Traits::kTmaBytesKV);
+  fmha::fmha_bwd_acquire_kv<Traits>(ss, n);
   na_tma_load<Traits, kBlockN>(kp.tma_k, &ss.barrier_kv, ss.k.data(), kv_tile.origin, kv_tile.batch, extent0,
                                walk.head_k);
   na_tma_load<Traits, kBlockN>(kp.tma_v, &ss.barrier_kv, ss.v.data(), kv_tile.origin, kv_tile.batch, extent0,
@@ -84,7 +88,6 @@ __device__ void na_bwd_load(const NaBwdKernelParams<Traits>& kp, typename Traits
 
   const NaBwdWorkspace ws(p, kp.num_q_tiles);
   constexpr int kStageElems = kBlockM * Traits::kHeadDim;
-  auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
   const int count = walk.count();
   for (int i = 0; i < count; ++i) {
     const auto st = walk.step(i);
@@ -131,6 +134,28 @@ __device__ void na_store_dkv(const TensorAcc& acc, const TensorCoord& coord, flo
   }
 }
 
+// A work tile: a multi-dimensional KV tile of one KV head; w = KV head x (batch x KV tile), the
+// KV tiles decoded like the forward's Q tiles.
+template <class Traits>
+__device__ __forceinline__ NaBwdWalk na_bwd_work(const NaBwdKernelParams<Traits>& kp, const NaAxis (&axis)[kAxes],
+                                                 const NaTileShape& q_shape, const NaTileShape& kv_shape, int w,
+                                                 NaQTile& kv_tile) {
+  const NaBwdParams& p = kp.p;
+  const int per_head = kp.num_kv_tiles * p.batch, head_k = w / per_head;
+  kv_tile = NaQTile(p, kv_shape, w - head_k * per_head);
+  return NaBwdWalk{na_q_tile_box(axis, kv_tile.origin, kv_shape, q_shape),
+                   p.num_heads_q / p.num_heads_k,
+                   head_k,
+                   kv_tile.batch,
+                   p.batch,
+                   kp.num_q_tiles,
+                   (p.extent[1] + q_shape.dim[1] - 1) / q_shape.dim[1],
+                   (p.extent[2] + q_shape.dim[2] - 1) / q_shape.dim[2]};
+}
+
+// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... (persistent: one CTA per SM;
+// the next tile's K/V and first Q/dO tiles load while the consumers store dK/dV), like
+// fmha_bwd_kernel. Tiles whose walk is empty store zero dK/dV and count in no phase.
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     na_bwd_kernel(const __grid_constant__ NaBwdKernelParams<Traits> kp) {
@@ -146,21 +171,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   NaAxis axis[kAxes];
   CUTLASS_PRAGMA_UNROLL
   for (int a = 0; a < kAxes; ++a) axis[a] = NaAxis{p.extent[a], p.kernel_size[a], p.stride[a], p.causal[a]};
-  const NaQTile kv_tile(p, kv_shape, blockIdx.x);  // the grid of KV tiles, decoded like the forward's Q tiles
-  const int head_k = blockIdx.y, group = p.num_heads_q / p.num_heads_k;
-  const NaBwdWalk walk{na_q_tile_box(axis, kv_tile.origin, kv_shape, q_shape),
-                       group,
-                       head_k,
-                       kv_tile.batch,
-                       p.batch,
-                       kp.num_q_tiles,
-                       (p.extent[1] + q_shape.dim[1] - 1) / q_shape.dim[1],
-                       (p.extent[2] + q_shape.dim[2] - 1) / q_shape.dim[2]};
-  const bool has_work = walk.count() > 0;
+  const int num_work = kp.num_kv_tiles * p.batch * p.num_heads_k;  // < 2^31 (launcher)
 
   const int wg = threadIdx.x / 128;
   const auto pp = fmha::tma_pipeline_params<Pipeline>(Traits::kTmaBytesQ, Traits::kNumMmaThreads);
-  if (threadIdx.x == 0) cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_kv, 1);
+  if (threadIdx.x == 0) {
+    cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_kv, 1);
+    cutlass::arch::ClusterBarrier::init(&ss.barrier_kv_empty, Traits::kNumMmaThreads);
+  }
   Pipeline pipe_q(ss.pipeline_q, pp, Shape<_1, _1, _1>{});
   Pipeline pipe_do(ss.pipeline_do, pp, Shape<_1, _1, _1>{});
   cutlass::arch::fence_barrier_init();
@@ -168,13 +186,26 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   if (wg == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
-    if (threadIdx.x == 0 && has_work) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (warp > 1 || (warp == 0 && lane > 0)) return;  // one thread loads, one warp adds dQ
+    if (threadIdx.x == 0) {
       cute::prefetch_tma_descriptor(&kp.tma_q);
       cute::prefetch_tma_descriptor(&kp.tma_do);
-      na_bwd_load<Traits>(kp, ss, pipe_q, pipe_do, kv_tile, q_shape, walk);
+      cute::prefetch_tma_descriptor(&kp.tma_k);
+      cute::prefetch_tma_descriptor(&kp.tma_v);
     }
-    if (threadIdx.x / 32 == 1 && has_work)
-      fmha::fmha_bwd_dq_writer<Traits>(ss, NaBwdWorkspace(p, kp.num_q_tiles).dq_accum, walk, threadIdx.x % 32);
+    auto write = cutlass::make_producer_start_state<Pipeline>();
+    int n = 0, g = 0;
+    for (int w = blockIdx.x; w < num_work; w += gridDim.x) {
+      NaQTile kv_tile;
+      const NaBwdWalk walk = na_bwd_work(kp, axis, q_shape, kv_shape, w, kv_tile);
+      if (walk.count() == 0) continue;
+      if (threadIdx.x == 0) na_bwd_load<Traits>(kp, ss, pipe_q, pipe_do, write, n, kv_tile, q_shape, walk);
+      if (warp == 1) fmha::fmha_bwd_dq_writer<Traits>(ss, NaBwdWorkspace(p, kp.num_q_tiles).dq_accum, walk, lane, g);
+      ++n;
+      g += walk.count();
+    }
+    if (warp == 1) fmha::fmha_bwd_dq_writer_finish(lane);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int mma_tid = threadIdx.x - 128;
@@ -182,30 +213,58 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     using TileKV = Shape<typename Traits::BN, typename Traits::D>;
     Tensor tdKrdK = partition_fragment_C(mma_dkv, TileKV{});
     Tensor tdVrdV = partition_fragment_C(mma_dkv, TileKV{});
-    clear(tdKrdK);
-    clear(tdVrdV);
-    if (has_work) {
-      // Mask tables: column sets over the Q tile shape (all consumers), then each warp fills the
-      // windows of its own 16 key rows (wgmma m64: warp i of a warpgroup holds rows 16i .. 16i + 15).
+    Tensor coord = mma_dkv.get_thread_slice(mma_tid).partition_C(make_identity_tensor(TileKV{}));
+    // Mask tables: the column sets over the Q tile shape, once (all consumers); per work tile each
+    // warp fills the windows of its own 16 key rows (wgmma m64: warp i of a warpgroup holds rows
+    // 16i .. 16i + 15), which only it reads, once its previous tile's steps are done.
+    {
       typename Traits::TiledMmaSdP mma_sdp;
       Tensor tScS = mma_sdp.get_thread_slice(mma_tid).partition_C(
           make_identity_tensor(Shape<typename Traits::BN, typename Traits::BM>{}));
       Tensor coord_rc = make_tensor(tScS.data(), fmha::accumulator_rowcol(tScS.layout()));
       na_fill_column_sets(&ns.mask, q_shape, coord_rc, mma_tid, Traits::kNumMmaThreads);
-      NaInverseAxis inverse[kAxes];
-      CUTLASS_PRAGMA_UNROLL
-      for (int a = 0; a < kAxes; ++a) inverse[a] = NaInverseAxis{axis[a]};
-      na_fill_row_windows(&ns.mask, inverse, kv_shape, kv_tile.origin, mma_tid / 32 * 16, 16, threadIdx.x % 32);
       NamedBarrier::sync(kNaBwdColumnSetsBarrier, Traits::kNumMmaThreads);
-      const NaBwdMask<Traits::kBlockN, Traits::kBlockM> mask{
-          NaMask<2, Traits::kBlockN, Traits::kBlockM>(inverse, kv_shape, q_shape, kv_tile.origin, &ns.mask, mma_tid)};
-      fmha::fmha_bwd_mma<Traits>(p.scale, ss, pipe_q, pipe_do, mask, walk, mma_tid, tdKrdK, tdVrdV);
     }
-    Tensor coord = mma_dkv.get_thread_slice(mma_tid).partition_C(make_identity_tensor(TileKV{}));
-    auto* dk = static_cast<Element*>(p.dk) + kv_tile.batch * p.dk_batch_stride + head_k * p.dk_head_stride;
-    auto* dv = static_cast<Element*>(p.dv) + kv_tile.batch * p.dv_batch_stride + head_k * p.dv_head_stride;
-    na_store_dkv<Traits>(tdKrdK, coord, p.scale, dk, p.dk_axis_stride, kv_tile, kv_shape, p.extent);
-    na_store_dkv<Traits>(tdVrdV, coord, 1.f, dv, p.dv_axis_stride, kv_tile, kv_shape, p.extent);
+
+    // The consumers use all their registers in the mainloop, so nothing of a tile's set-up may
+    // stay alive through it: the geometry is rebuilt per tile from the parameters (from an opaque
+    // zero, which the compiler cannot hoist out of the loop), and the tile decoded again for the
+    // epilogue.
+    typename Traits::PipelineState read;
+    int n = 0, g = 0;
+    for (int w = blockIdx.x; w < num_work; w += gridDim.x) {
+      {
+        const int zero = opaque(0);
+        const NaTileShape tq(p.q_tile), tkv(p.kv_tile);
+        NaAxis ax[kAxes];
+        CUTLASS_PRAGMA_UNROLL
+        for (int a = 0; a < kAxes; ++a) ax[a] = NaAxis{p.extent[a] + zero, p.kernel_size[a], p.stride[a], p.causal[a]};
+        NaQTile kv_tile;
+        const NaBwdWalk walk = na_bwd_work(kp, ax, tq, tkv, w, kv_tile);
+        clear(tdKrdK);
+        clear(tdVrdV);
+        if (walk.count() > 0) {
+          NaInverseAxis inverse[kAxes];
+          CUTLASS_PRAGMA_UNROLL
+          for (int a = 0; a < kAxes; ++a) inverse[a] = NaInverseAxis{ax[a]};
+          na_fill_row_windows(&ns.mask, inverse, tkv, kv_tile.origin, mma_tid / 32 * 16, 16, threadIdx.x % 32);
+          __syncwarp();
+          const NaBwdMask<Traits::kBlockN, Traits::kBlockM> mask{
+              NaMask<2, Traits::kBlockN, Traits::kBlockM>(inverse, tkv, tq, kv_tile.origin, &ns.mask, mma_tid)};
+          fmha::fmha_bwd_mma<Traits>(p.scale, ss, pipe_q, pipe_do, read, n, g, mask, walk, mma_tid, tdKrdK, tdVrdV);
+          ++n;
+          g += walk.count();
+        }
+      }
+      const int we = opaque(w), per_head = kp.num_kv_tiles * p.batch, head_k = we / per_head;
+      const NaTileShape tkv(p.kv_tile);
+      const NaQTile kv_tile(p, tkv, we - head_k * per_head);
+      auto* dk = static_cast<Element*>(p.dk) + kv_tile.batch * p.dk_batch_stride + head_k * p.dk_head_stride;
+      auto* dv = static_cast<Element*>(p.dv) + kv_tile.batch * p.dv_batch_stride + head_k * p.dv_head_stride;
+      na_store_dkv<Traits>(tdKrdK, coord, p.scale, dk, p.dk_axis_stride, kv_tile, tkv, p.extent);
+      na_store_dkv<Traits>(tdVrdV, coord, 1.f, dv, p.dv_axis_stride, kv_tile, tkv, p.extent);
+    }
+    fmha::fmha_bwd_dq_drain<Traits>(g);
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include "../common/cuda_check.h"
 #include "../common/kernel_attributes.h"
+#include "../fmha/bwd_persistent_grid.h"
 #include "na_bwd_kernel.cuh"
 #include "na_bwd_traits.h"
 
@@ -46,8 +47,11 @@ Status run_na_bwd(const NaBwdParams& p, cudaStream_t stream) {
   auto kernel = na_bwd_kernel<Traits>;
   static KernelAttributesOnce attributes;
   if (attributes.set(kernel, kNaBwdSmemBytes<Traits>) != cudaSuccess) return Status::kCudaError;
-  const dim3 grid((unsigned)(num_kv_tiles * p.batch), p.num_heads_k);
-  kernel<<<grid, Traits::kNumThreads, kNaBwdSmemBytes<Traits>, stream>>>(kp);
+  const int64_t num_work = num_kv_tiles * p.batch * p.num_heads_k;
+  if (num_work >= (1LL << 31)) return Status::kInvalidArgument;
+  int num_ctas = 0;
+  if (fmha::bwd_persistent_ctas(num_work, num_ctas) != cudaSuccess) return Status::kCudaError;
+  kernel<<<num_ctas, Traits::kNumThreads, kNaBwdSmemBytes<Traits>, stream>>>(kp);
   na_bwd_postprocess_kernel<Element, Traits::kHeadDim><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }

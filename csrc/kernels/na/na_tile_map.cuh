@@ -29,6 +29,7 @@ struct NaQTile {
   int batch;
   int origin[kAxes];
 
+  NaQTile() = default;
   __device__ NaQTile(const NaFwdParams& p, const NaTileShape& qs, int block) {
     int tiles[kAxes];
     for (int a = 0; a < kAxes; ++a) tiles[a] = (p.extent[a] + qs.dim[a] - 1) / qs.dim[a];
