@@ -1,6 +1,6 @@
-// Hopper backward fused MHA: one CTA per (KV tile, KV head, batch), warp-specialised like the
-// forward (warpgroup 0: thread 0 loads, warp 1 adds dQ tiles to the workspace; warpgroups 1-2
-// compute), dK/dV written once at the end.
+// Hopper backward fused MHA: a CTA owns a (KV tile, KV head, batch) at a time (one per CTA by
+// default; bwd_persistent_grid.h), warp-specialised like the forward (warpgroup 0: thread 0
+// loads, warp 1 adds dQ tiles to the workspace; warpgroups 1-2 compute), dK/dV written once per tile.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -71,9 +71,11 @@ __device__ __forceinline__ auto fmha_bwd_walk(const FmhaBwdParams& p, const Varl
 }
 
 // A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... (kBlockSparse: each tile's
-// walk is its list, block_sparse_bwd.cuh; else the range of Q tiles whose rows see it). With one
-// CTA per SM the next tile's K/V and first Q/dO tiles load while the consumers store the previous
-// tile's dK/dV, and the dQ writer's last reduce-adds drain under the next tile's first steps.
+// walk is its list, block_sparse_bwd.cuh; else the range of Q tiles whose rows see it). With
+// several tiles per CTA (a capped grid) the next tile's K/V and first Q/dO tiles load while the
+// consumers store the previous tile's dK/dV, and the dQ writer's last reduce-adds drain under the
+// next tile's first steps; the default grid is one CTA per tile (measured faster, see
+// bwd_persistent_grid.h), where the loop runs once.
 // The roles decode the same tiles; those without steps (past a packed sequence's end: nothing;
 // an empty walk: zero dK/dV) load nothing and do not count in the phases n and steps g.
 template <class Traits, bool kBlockSparse>

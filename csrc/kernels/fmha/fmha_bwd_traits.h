@@ -101,7 +101,7 @@ struct FmhaBwdTraits {
     typename Pipeline::SharedStorage pipeline_q;
     typename Pipeline::SharedStorage pipeline_do;
     uint64_t barrier_kv;        // K and V of the current work tile have landed (phase per tile)
-    uint64_t barrier_kv_empty;  // the consumers are done with them (persistent CTAs)
+    uint64_t barrier_kv_empty;  // the consumers are done with them (CTAs walking several tiles)
   };
   static constexpr int kSmemBytes = sizeof(SharedStorage);
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared-memory limit per block");

@@ -153,9 +153,9 @@ __device__ __forceinline__ NaBwdWalk na_bwd_work(const NaBwdKernelParams<Traits>
                    (p.extent[2] + q_shape.dim[2] - 1) / q_shape.dim[2]};
 }
 
-// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... (persistent: one CTA per SM;
-// the next tile's K/V and first Q/dO tiles load while the consumers store dK/dV), like
-// fmha_bwd_kernel. Tiles whose walk is empty store zero dK/dV and count in no phase.
+// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ... like fmha_bwd_kernel (one
+// CTA per tile by default, bwd_persistent_grid.h). Tiles whose walk is empty store zero dK/dV and
+// count in no phase.
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     na_bwd_kernel(const __grid_constant__ NaBwdKernelParams<Traits> kp) {
