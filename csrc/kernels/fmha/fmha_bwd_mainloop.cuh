@@ -51,8 +51,8 @@ struct BwdWalk {
 };
 
 // Before the K/V of a CTA's n-th work tile (n > 0) load, the consumers must be done with the
-// previous tile's (they arrive on kv_empty after their last dQ GEMM, then store dK/dV while the
-// next tile's K/V and first Q/dO tiles are already in flight).
+// previous tile's (they arrive on kv_empty once the tile's last step has completed, then store
+// dK/dV while the next tile's K/V and first Q/dO tiles are already in flight).
 template <class Traits>
 __device__ __forceinline__ void fmha_bwd_acquire_kv(typename Traits::SharedStorage& ss, int n) {
   if (n > 0) cutlass::arch::ClusterBarrier::wait(&ss.barrier_kv_empty, (n - 1) & 1);
