@@ -144,5 +144,18 @@ if _native.has_cuda_kernel("pq_topk") and not (NA_BWD_ONLY or BWD_ONLY):
         torch.ops.attnx.pq_topk(q, codes, cent, kk, causal)
         torch.ops.attnx.pq_topk(q, torch.zeros_like(codes), cent, kk, causal)
     ran.append("pq_topk")
+if _native.has_cuda_kernel("unpad") and not (NA_BWD_ONLY or BWD_ONLY):
+    # unpad / pad: every copy unit (16..1 bytes), masks across a 2048-position chunk, empty rows, junk pad indices
+    for shape, dtype in [((3, 2100, 4, 8), torch.bfloat16), ((2, 33, 3), torch.float32), ((4, 9, 3), torch.uint8),
+                         ((0, 5, 2), torch.float16), ((2, 0, 2), torch.float16)]:
+        x = torch.ones(shape, device="cuda").to(dtype)
+        mask = torch.rand(shape[:2], device="cuda") < 0.5
+        packed, idx, _, _ = torch.ops.attnx.unpad(x, mask)
+        torch.ops.attnx.pad(packed, idx, shape[0], shape[1])
+        if idx.numel():
+            idx[0] = -7
+            idx[-1] = shape[0] * shape[1] + 5  # out of range: skipped by the kernel
+        torch.ops.attnx.pad(packed, idx.int(), shape[0], shape[1])
+    ran.append("unpad, pad")
 torch.cuda.synchronize()
 print("sanitize cases ran:", ", ".join(ran))

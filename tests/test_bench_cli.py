@@ -127,6 +127,26 @@ def test_mla_quick_bytes_and_skewed_beside_even(tmp_path, capsys):
     assert peers and all(r["check"] == "ok" for r in peers)
 
 
+def test_unpad_pad_quick_bytes(tmp_path, capsys):
+    """unpad_pad: bytes count the token rows read and written once (plus mask or indices); every
+    implementation's output checks exactly."""
+    path = tmp_path / "unpad_pad.json"
+    rc = main(["--family", "unpad_pad", "--quick", "--json", str(path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = json.loads(path.read_text())["rows"]
+    ours = [r for r in rows if r["kind"] == "attnx"]
+    assert [r["case"].split()[0] for r in ours] == ["unpad", "pad"]
+    for r in ours:
+        p = r["params"]
+        assert p["row_bytes"] == p["H"] * p["D"] * {"float32": 4, "bfloat16": 2, "float16": 2}[r["dtype"]]
+        t, rows_padded = p["total_tokens"], p["B"] * p["L"]
+        expect = (2 * t * p["row_bytes"] + rows_padded if r["case"].startswith("unpad")
+                  else t * p["row_bytes"] + rows_padded * p["row_bytes"] + 8 * t)
+        assert r["bytes"] == expect
+    assert all(r["check"] == "ok" for r in rows if r["status"] == "ok")
+
+
 def test_mla_skew_lengths():
     skewed, even = mla_skew_lengths(32768, 127, 256)
     assert skewed == [32768] + [256] * 127 and even == [510] * 128

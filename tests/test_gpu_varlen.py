@@ -218,3 +218,117 @@ def test_varlen_more_sequences_than_a_grid_dimension():
                                                            -1, None)
     assert torch.equal(dv, dout)
     assert dq.abs().max().item() < 1e-2 and dk.abs().max().item() < 1e-2
+
+
+# ----------------------------------------------------------------------------- unpad / pad kernels
+# The native kernels copy rows as bytes with the widest unit (16..1 bytes) the row size and base
+# addresses allow, and walk the mask in 2048-position chunks: the shapes cover every copy unit,
+# masks across chunk boundaries, empty and full rows, L = 0 and B = 0. Exact equality: a copy.
+
+UNPAD_SHAPES = [  # x shape, dtype: row bytes 1536 (16-byte unit), 24 (8), 12 (4), 6 (2), 3 (1)
+    ((5, 300, 12, 64), torch.bfloat16),
+    ((3, 4100, 3, 4), torch.float16),
+    ((4, 2049, 3), torch.float32),
+    ((2, 77, 3), torch.float16),
+    ((3, 50, 3), torch.uint8),
+    ((6, 1), torch.int64),
+    ((1, 5000, 8, 16), torch.float32),
+]
+
+
+def _mask(B, L, p, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    m = torch.rand(B, L, generator=g, device="cuda") < p
+    if B > 1:
+        m[0] = False  # an empty sequence
+        m[1] = True   # a full one
+    return m
+
+
+def _rows(shape, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    if dtype.is_floating_point:
+        return torch.randn(shape, generator=g, device="cuda").to(dtype)
+    return torch.randint(0, 100, shape, generator=g, device="cuda").to(dtype)
+
+
+@pytest.mark.parametrize("shape,dtype", UNPAD_SHAPES, ids=str)
+@pytest.mark.parametrize("p", [0.6, 0.03])
+def test_unpad_pad_kernels_match_reference(shape, dtype, p):
+    assert _native.has_cuda_kernel("unpad") and _native.has_cuda_kernel("pad")
+    B, L = shape[:2]
+    x, mask = _rows(shape, dtype, 1), _mask(B, L, p, 2)
+    poison_allocator()
+    packed, indices, cu, max_seqlen = attnx.unpad(x, mask)
+    e_packed, e_indices, e_cu, e_max = attnx.reference.unpad(x, mask)
+    assert torch.equal(packed, e_packed) and packed.dtype == dtype
+    assert torch.equal(indices, e_indices) and indices.dtype == torch.int64
+    assert torch.equal(cu, e_cu) and cu.dtype == torch.int32
+    assert max_seqlen == e_max and type(max_seqlen) is int
+    poison_allocator()
+    back = attnx.pad(packed, indices, B, L)
+    assert torch.equal(back, attnx.reference.pad(packed, indices, B, L))
+    assert torch.equal(attnx.pad(packed, indices.int(), B, L), back)  # int32 indices too
+
+
+@pytest.mark.parametrize("B,L", [(0, 5), (3, 0), (0, 0)])
+def test_unpad_pad_kernels_empty(B, L):
+    x = torch.randn(B, L, 2, 8, device="cuda", dtype=torch.bfloat16)
+    mask = torch.ones(B, L, dtype=torch.bool, device="cuda")
+    packed, indices, cu, max_seqlen = attnx.unpad(x, mask)
+    assert packed.shape == (0, 2, 8) and indices.numel() == 0
+    assert cu.tolist() == [0] * (B + 1) and max_seqlen == 0
+    assert attnx.pad(packed, indices, B, L).shape == (B, L, 2, 8)
+
+
+def test_unpad_pad_kernels_views_and_offsets():
+    """Non-contiguous x and an odd base offset (1-byte copy unit) give the same rows."""
+    base = torch.randn(4, 300, 16, 64, device="cuda", dtype=torch.float16)
+    x = base[:, :, ::2]  # strided heads
+    mask = _mask(4, 300, 0.5, 3)
+    assert torch.equal(attnx.unpad(x, mask)[0], x[mask])
+    raw = torch.randint(0, 255, (1 + 3 * 200 * 5,), dtype=torch.uint8, device="cuda")
+    y = raw[1:].view(3, 200, 5)  # base address odd
+    m = _mask(3, 200, 0.5, 4)
+    packed, indices, _, _ = attnx.unpad(y, m)
+    assert torch.equal(packed, y[m])
+    assert torch.equal(attnx.pad(packed, indices, 3, 200), y * m[..., None])
+
+
+def test_unpad_pad_kernels_gradients():
+    x = torch.randn(3, 500, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    mask = _mask(3, 500, 0.6, 5)
+    packed, indices, _, _ = attnx.unpad(x, mask)
+    g = torch.randn_like(packed)
+    (gx,) = torch.autograd.grad(packed, x, g)
+    assert torch.equal(gx, attnx.reference.pad(g, indices, 3, 500))
+    xp = packed.detach().requires_grad_()
+    out = attnx.pad(xp, indices, 3, 500)
+    go = torch.randn_like(out)
+    (gp,) = torch.autograd.grad(out, xp, go)
+    assert torch.equal(gp, go[mask])
+
+
+def test_pad_kernel_bad_indices():
+    xp = torch.randn(4, 8, device="cuda")
+    with pytest.raises(ValueError, match="indices"):
+        attnx.pad(xp, torch.tensor([0, 1, 2, 6], device="cuda"), 2, 3)
+    ok = torch.tensor([0, 1, 2, 3], device="cuda")
+    attnx.pad(xp, ok, 2, 3)
+    ok[3] = -1  # an in-place change is checked again
+    with pytest.raises(ValueError, match="indices"):
+        attnx.pad(xp, ok, 2, 3)
+    # the op itself (no Python checks) skips out-of-range rows instead of writing out of bounds
+    out = torch.ops.attnx.pad(xp, torch.tensor([0, 1, 2, 600], device="cuda"), 2, 3)
+    torch.cuda.synchronize()
+    assert torch.equal(out.reshape(6, 8)[:3], xp[:3]) and (out.reshape(6, 8)[3:] == 0).all()
+
+
+def test_unpad_pad_native_ops_pass_opcheck():
+    """The CUDA kernels against their schemas and fake kernels (max_seqlen on the CPU in both)."""
+    x = torch.randn(3, 70, 2, 8, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    mask = _mask(3, 70, 0.5, 6)
+    torch.library.opcheck(torch.ops.attnx.unpad.default, (x, mask))
+    idx = torch.nonzero(mask.flatten()).flatten()
+    xp = torch.randn(idx.numel(), 2, 8, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    torch.library.opcheck(torch.ops.attnx.pad.default, (xp, idx, 3, 70))

@@ -118,6 +118,8 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=
     if op == "sparse_attention":  # gathers of 16-byte row pieces: the same alignment TMA needs
         return (_built("sparse", q, k, v) and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and all(aligned_16b(x) for x in (q, k, v)))
+    if op in ("unpad", "pad"):  # plain CUDA row copies, built for sm_90a like every kernel
+        return _sm90(q.device)
     if op in ("attention", "varlen_attention"):
         return (_built("fmha", q, k, v) and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and all(aligned_16b(x) for x in (q, k, v)))

@@ -1188,6 +1188,76 @@ def ceilings(ctx: Ctx) -> list:
 
 
 # ----------------------------------------------------------------------------------------------
+# unpad / pad: memory-bound row copies, GB/s against the device copy ceiling
+# ----------------------------------------------------------------------------------------------
+UNPAD_PAD = {  # B, L, H, D: ByteTransformer's hidden state (12 heads of 64) and a long-sequence batch
+    "full": [(64, 512, 12, 64), (32, 4096, 16, 128)],
+    "quick": [(64, 512, 12, 64)],
+    "cpu": [(4, 64, 2, 16)],
+    "cpu-quick": [(2, 32, 2, 8)],
+}
+
+
+def unpad_pad(ctx: Ctx) -> list:
+    cases = []
+    for b, l, h, d in UNPAD_PAD[ctx.mode]:
+        lens = mean_fraction_lengths(b, l, 0.6)  # ByteTransformer's setting: average 60% of the padded length
+        cases += [_unpad_case(ctx, b, l, h, d, lens), _pad_case(ctx, b, l, h, d, lens)]
+    return cases
+
+
+def _padding_mask(ctx, b, l, lens):
+    return torch.arange(l, device=ctx.device)[None, :] < torch.tensor(lens, device=ctx.device)[:, None]
+
+
+def _unpad_case(ctx, b, l, h, d, lens):
+    total, row = sum(lens), h * d * ctx.dtype.itemsize
+
+    def make_set(i):
+        return {"x": randn((b, l, h, d), ctx), "mask": _padding_mask(ctx, b, l, lens)}
+
+    def impls():
+        return [_attnx_impl(ctx, lambda s: attnx.unpad(s["x"], s["mask"]), lambda s: ctx.op_status("unpad"),
+                            output=lambda o: o[0]),
+                Impl(name="torch x[mask]", run=lambda s: s["x"][s["mask"]], kernel="torch"),
+                Impl(name="nonzero + index_select (attnx.reference)", run=lambda s: attnx.reference.unpad(s["x"], s["mask"]),
+                     output=lambda o: o[0], kernel="torch")]
+
+    params = {"B": b, "L": l, "H": h, "D": d, "total_tokens": total, "row_bytes": row, "primary": "bytes"}
+    return Case(family="unpad_pad", name=f"unpad [{b}, {l}, {h}, {d}] -> T={total}", make_set=make_set, impls=impls,
+                set_bytes=b * l * row + total * row, expected=lambda s: s["x"][s["mask"]],
+                nbytes=2 * total * row + b * l, dtype=ctx.dtype, params=params,
+                note="GB/s: token rows read + written once, plus the mask")
+
+
+def _pad_case(ctx, b, l, h, d, lens):
+    total, row = sum(lens), h * d * ctx.dtype.itemsize
+
+    def make_set(i):
+        mask = _padding_mask(ctx, b, l, lens)
+        return {"x": randn((total, h, d), ctx), "mask": mask, "indices": torch.nonzero(mask.flatten()).flatten()}
+
+    def expected(s):
+        out = s["x"].new_zeros((b, l, h, d))
+        out[s["mask"]] = s["x"]
+        return out
+
+    def index_copy(s):
+        out = s["x"].new_zeros((b * l, h, d))
+        return out.index_copy_(0, s["indices"], s["x"]).view(b, l, h, d)
+
+    def impls():
+        return [_attnx_impl(ctx, lambda s: attnx.pad(s["x"], s["indices"], b, l), lambda s: ctx.op_status("pad")),
+                Impl(name="torch zeros + index_copy_", run=index_copy, kernel="torch")]
+
+    params = {"B": b, "L": l, "H": h, "D": d, "total_tokens": total, "row_bytes": row, "primary": "bytes"}
+    return Case(family="unpad_pad", name=f"pad T={total} -> [{b}, {l}, {h}, {d}]", make_set=make_set, impls=impls,
+                set_bytes=b * l * row + total * row, expected=expected,
+                nbytes=total * row + b * l * row + 8 * total, dtype=ctx.dtype, params=params,
+                note="GB/s: packed rows read once, every padded row written once, plus the indices")
+
+
+# ----------------------------------------------------------------------------------------------
 FAMILIES = {
     "ceilings": (ceilings, "device ceilings: copy and read-only bandwidth, bf16 matmul"),
     "dense": (dense, "attnx.attention vs SDPA flash / cuDNN"),
@@ -1202,4 +1272,5 @@ FAMILIES = {
     "gna_paper_bwd": (gna_paper_bwd, "backward only: the GNA paper's configurations vs attnx's dense backward, flex"),
     "mla": (mla, "attnx.mla_decode vs plain-PyTorch gather + matmul"),
     "pq_sparse": (pq_sparse, "attnx.sparse_attention / pq_sparse_attention vs dense SDPA"),
+    "unpad_pad": (unpad_pad, "attnx.unpad / pad (row copies) vs x[mask] and index_select / index_copy_"),
 }

@@ -8,7 +8,7 @@ from typing import Optional
 
 LEGEND = ("attnx vs: peer time / attnx time in the same run (> 1: attnx is faster); kernel: what attnx ran "
           "(native kernel or the reference fallback); %ceil: TFLOP/s of the bf16 matmul ceiling, or for "
-          "bandwidth rows (mla) GB/s of the device-copy ceiling, when `ceilings` ran in the same run; "
+          "bandwidth rows (mla, unpad_pad) GB/s of the device-copy ceiling, when `ceilings` ran in the same run; "
           "rel err: ||out - ref|| / ||ref|| in float64 against attnx.reference on the check subset; "
           "*_bwd families: the backward alone is timed (the forward ran once, untimed), TFLOP/s count 2.5x "
           "the forward's FLOPs, rel err is the largest of dq's, dk's and dv's")

@@ -30,7 +30,7 @@ varlen_op, varlen_backward_op = define_attention_like(
 def _unpad_fake(x, mask):
     n = torch.library.get_ctx().new_dynamic_size()
     return (x.new_empty((n, *x.shape[2:])), mask.new_empty((n,), dtype=torch.int64),
-            mask.new_empty((mask.shape[0] + 1,), dtype=torch.int32), mask.new_empty((), dtype=torch.int64))
+            mask.new_empty((mask.shape[0] + 1,), dtype=torch.int32), torch.empty((), dtype=torch.int64))
 
 
 def _unpad_impl(x, mask):
@@ -126,13 +126,31 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
 
 
 def unpad(x, mask):
-    """Pack tokens: x [B, L, ...], mask bool [B, L] -> (x_packed, indices int64, cu_seqlens int32, max_seqlen int)."""
+    """Pack tokens: x [B, L, ...], mask bool [B, L] -> (x_packed, indices int64, cu_seqlens int32, max_seqlen int).
+
+    On CUDA (sm_90) a native kernel moves the rows (any dtype, copied as bytes); it reads the packed
+    row count back to the host once to allocate, as every unpad with data-dependent sizes must.
+    """
     ref.check_unpad(x, mask)
+    if _native.use_reference("unpad", x):
+        return ref.unpad(x, mask)
     packed, indices, cu, max_seqlen = unpad_op(x, mask)
     return packed, indices, cu, int(max_seqlen)
 
 
+_pad_checked = CheckedOnce()
+
+
 def pad(x_packed, indices, batch, seqlen):
-    """Inverse of :func:`unpad`: [T, ...] -> [batch, seqlen, ...], zeros where no token is."""
+    """Inverse of :func:`unpad`: [T, ...] -> [batch, seqlen, ...], zeros where no token is.
+
+    ``indices`` must be distinct positions in [0, batch * seqlen) (as :func:`unpad` returns them).
+    The range is checked with one copy to the host per indices tensor (again after an in-place
+    change); the native kernel itself never syncs and skips values out of range.
+    """
     ref.check_pad(x_packed, indices, batch, seqlen)
+    if _native.use_reference("pad", x_packed):
+        return ref.pad(x_packed, indices, batch, seqlen)
+    if x_packed.is_cuda and not torch.compiler.is_compiling():
+        _pad_checked((indices,), int(batch) * int(seqlen), lambda: ref.check_pad_values(indices, batch, seqlen))
     return pad_op(x_packed, indices, batch, seqlen)

@@ -251,12 +251,12 @@ def check_unpad(x, mask):
 
 
 def unpad_fwd(x, mask):
-    """(x_packed, indices int64, cu_seqlens int32, max_seqlen int64 0-d)."""
+    """(x_packed, indices int64, cu_seqlens int32, max_seqlen int64 0-d on the CPU)."""
     seqlens = mask.sum(dim=1, dtype=torch.int32)
     indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
     cu = torch.zeros(mask.shape[0] + 1, dtype=torch.int32, device=x.device)
     cu[1:] = torch.cumsum(seqlens, dim=0)
-    max_seqlen = seqlens.max().to(torch.int64) if seqlens.numel() else torch.zeros((), dtype=torch.int64, device=x.device)
+    max_seqlen = seqlens.max().to("cpu", torch.int64) if seqlens.numel() else torch.zeros((), dtype=torch.int64)
     packed = x.reshape(-1, *x.shape[2:]).index_select(0, indices)
     return packed, indices, cu, max_seqlen
 
@@ -270,11 +270,17 @@ def check_pad(x_packed, indices, batch, seqlen):
         V.fail("indices", f"{indices.shape[0]} entries", f"one per packed token ({x_packed.shape[0]})")
 
 
+def check_pad_values(indices, batch, seqlen):
+    """The range of pad's indices (one copy to the host)."""
+    if indices.numel():
+        lo, hi = (int(v) for v in torch.aminmax(indices))
+        if lo < 0 or hi >= batch * seqlen:
+            V.fail("indices", f"values in [{lo}, {hi}]", f"[0, batch * seqlen = {batch * seqlen})")
+
+
 def pad_fwd(x_packed, indices, batch, seqlen):
     out = x_packed.new_zeros((batch * seqlen, *x_packed.shape[1:]))
-    if indices.numel():
-        if int(indices.max()) >= batch * seqlen or int(indices.min()) < 0:
-            V.fail("indices", f"values in [{int(indices.min())}, {int(indices.max())}]", f"[0, batch * seqlen = {batch * seqlen})")
+    check_pad_values(indices, batch, seqlen)
     out.index_copy_(0, indices.long(), x_packed)
     return out.reshape(batch, seqlen, *x_packed.shape[1:])
 
