@@ -120,4 +120,4 @@ fi
 echo
 echo "================ gpu_check summary ================"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
-[ -f "$OUT/bench.log" ] && tail -40 "$OUT/bench.log"
+if [ -f "$OUT/bench.log" ]; then tail -40 "$OUT/bench.log"; fi
