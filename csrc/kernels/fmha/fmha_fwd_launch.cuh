@@ -8,6 +8,7 @@
 
 #include "../common/cuda_check.h"
 #include "../common/kernel_attributes.h"
+#include "fmha_fwd_config.h"
 #include "fmha_fwd_kernel.cuh"
 
 namespace attnx::fmha {
