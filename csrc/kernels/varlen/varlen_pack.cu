@@ -1,8 +1,9 @@
 // unpad and pad as row copies (see varlen_pack_api.h).
 //
-// unpad: a counting kernel (one CTA per mask chunk) and a one-CTA scan give cu_seqlens, max_seqlen
-// and each chunk's packed offset; the host reads T from cu_seqlens[B] to allocate; an indexing
-// kernel then writes the positions in order and a gather kernel copies the rows, one warp per row.
+// unpad: a counting kernel (one CTA per mask chunk) and a one-CTA scan give cu_seqlens, each
+// chunk's packed offset and {T, max_seqlen}, which the host reads in one copy to allocate; an
+// indexing kernel then writes the positions in order and a gather kernel copies the rows, one warp
+// per row.
 // pad: an inverse map (padded row -> packed row, -1 = none) lets one warp per *output* row write
 // either its packed row or zeros, so every output byte is written once (zero-fill first and
 // scatter after writes the token rows twice).
