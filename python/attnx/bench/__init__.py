@@ -11,9 +11,9 @@ error above tolerance) or an attnx call raised. The backward families (dense_bwd
 the backward alone: the forward runs once, untimed, and dq, dk, dv are checked against the
 reference gradients.
 
-Files: cases.py (one function per family: sizes, inputs, FLOP/byte counts, which peers),
-peers.py (SDPA, varlen_attn, flex_attention with block masks, plain-PyTorch MLA), timing.py,
-runner.py (check + time one case, never raising), report.py (table, JSON, plot).
+Files: cases/ (one module per API family, one function per bench family: sizes, inputs, FLOP/byte
+counts, which peers), peers.py (SDPA, varlen_attn, flex_attention with block masks, plain-PyTorch
+MLA), timing.py, runner.py (check + time one case, never raising), report.py (table, JSON, plot).
 """
 from __future__ import annotations
 
