@@ -8,6 +8,7 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -29,6 +30,22 @@ inline int num_sms(const Tensor& t) {
   STD_TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device_index()) == cudaSuccess,
                   "attnx: could not query the device's SM count");
   return sms;
+}
+
+// Forward kernels with a persistent grid take their work tiles from an int32 counter zeroed
+// before the call (stream-ordered). ATTNX_FWD_PERSISTENT=1 turns that on for every forward (an
+// experiment, off by default: +5-10% measured on block-sparse and NA walks, nothing or a loss on
+// dense ones; it becomes the default for uneven walks once the NA variant is tested and both pass
+// the sanitizers, docs/perf-notes.md). `holder` keeps the counter alive through the launch.
+inline int* fwd_tile_counter(const Tensor& like, std::optional<Tensor>& holder) {
+  static const bool on = [] {
+    const char* e = std::getenv("ATTNX_FWD_PERSISTENT");
+    return e != nullptr && e[0] == '1';
+  }();
+  if (!on) return nullptr;
+  holder = torch::stable::new_empty(like, {1}, torch::headeronly::ScalarType::Int);
+  torch::stable::zero_(*holder);
+  return static_cast<int*>(holder->data_ptr());
 }
 
 // After a launch: a failure (kUnsupported is each op's own message, checked before) names the op

@@ -81,4 +81,18 @@ __device__ void fmha_fwd_store(typename Traits::Element* smem_o, TensorO& tOrO, 
   }
 }
 
+// A Q tile that sees no key: out = 0 and lse = -inf, stored straight to global memory (in a
+// persistent CTA the staging buffer may already hold the next tile's Q).
+template <class Traits, class RowMap>
+__device__ void fmha_fwd_store_no_keys(const RowMap& rows, int mma_tid) {
+  constexpr int kVecs = Traits::kHeadDim / 8;  // 16-byte segments per row
+  for (int idx = mma_tid; idx < Traits::kBlockM * kVecs; idx += Traits::kNumMmaThreads) {
+    const int r = idx / kVecs, c = (idx % kVecs) * 8;
+    if (rows.valid(r)) {
+      *reinterpret_cast<uint4*>(rows.out_row(r) + c) = make_uint4(0, 0, 0, 0);
+      if (c == 0) *rows.lse_row(r) = -INFINITY;
+    }
+  }
+}
+
 }  // namespace attnx::fmha

@@ -73,7 +73,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
       cute::prefetch_tma_descriptor(kp.tma_k.get_tma_descriptor());
       cute::prefetch_tma_descriptor(kp.tma_v.get_tma_descriptor());
       const int head_k = head / (p.num_heads_q / p.num_heads_k);
-      fmha_fwd_load<Traits>(kp, ss, pipe_k, pipe_v, info, m_block, head, head_k, walk);
+      auto write = cutlass::make_producer_start_state<Pipeline>();
+      fmha_fwd_load<Traits>(kp, ss, pipe_k, pipe_v, info, m_block, head, head_k, walk, write);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

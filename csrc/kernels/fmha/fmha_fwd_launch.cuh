@@ -4,12 +4,14 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
 #include "../common/kernel_attributes.h"
 #include "fmha_fwd_config.h"
-#include "fmha_fwd_kernel.cuh"
+#include "fmha_fwd_persistent_kernel.cuh"
 
 namespace attnx::fmha {
 
@@ -24,6 +26,18 @@ __global__ void fmha_fwd_no_keys_kernel(FmhaFwdParams p, int batches, int rows) 
     for (int d = 0; d < p.head_dim; ++d) o[d] = Element(0.f);
     p.lse[i] = -INFINITY;
   }
+}
+
+// SMs of the current device (cached per device: the attribute query costs microseconds).
+inline cudaError_t sm_count(int& num_sms) {
+  static int cached[64] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 64 && cached[device] > 0) return num_sms = cached[device], cudaSuccess;
+  err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess && device < 64) cached[device] = num_sms;
+  return err;
 }
 
 template <class Traits, bool kWithBlockSparse = true>
@@ -62,6 +76,23 @@ Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
                        p.bs_q_block != Traits::kBlockM || p.bs_kv_block != Traits::kBlockN))
     return Status::kUnsupported;
   if (block_sparse && !kWithBlockSparse) return Status::kUnsupported;
+  // A zeroed tile counter from the caller selects the persistent grid (one CTA per SM, tiles
+  // from the DynamicTileScheduler); without one, one CTA per work tile.
+  const int64_t num_tiles = num_m_blocks * p.batch * p.num_heads_q;
+  if (p.tile_counter != nullptr && num_tiles < (1LL << 31)) {
+    auto kernel = fmha_fwd_persistent_kernel<Traits, false>;
+    if constexpr (kWithBlockSparse)
+      if (block_sparse) kernel = fmha_fwd_persistent_kernel<Traits, true>;
+    constexpr int kSmem = kFwdPersistentSmemBytes<Traits>;
+    static KernelAttributesOnce attributes[2];
+    if (attributes[block_sparse].set(kernel, kSmem, Traits::kMinBlocksPerSm > 1) != cudaSuccess)
+      return Status::kCudaError;
+    int num_sms = 0;
+    if (sm_count(num_sms) != cudaSuccess) return Status::kCudaError;
+    const int grid = (int)std::min<int64_t>(num_tiles, (int64_t)num_sms * Traits::kMinBlocksPerSm);
+    kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(kp);
+    return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+  }
   auto kernel = fmha_fwd_kernel<Traits, false>;
   if constexpr (kWithBlockSparse)
     if (block_sparse) kernel = fmha_fwd_kernel<Traits, true>;

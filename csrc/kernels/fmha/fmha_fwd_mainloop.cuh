@@ -33,10 +33,12 @@ struct FmhaFwdKernelParams {
 
 // One thread issues everything: Q, then K_n and V_n for each visited tile. K and V have separate
 // pipelines so the consumers start S = Q K^T before V has landed.
+// `write` carries the pipeline state from one work tile to the next (persistent CTAs).
 template <class Traits, class Walk>
 __device__ void fmha_fwd_load(const FmhaFwdKernelParams<Traits>& kp, typename Traits::SharedStorage& ss,
                               typename Traits::Pipeline& pipe_k, typename Traits::Pipeline& pipe_v,
-                              const VarlenBlockInfo& info, int m_block, int head, int head_k, const Walk& walk) {
+                              const VarlenBlockInfo& info, int m_block, int head, int head_k, const Walk& walk,
+                              typename Traits::PipelineState& write) {
   using BlockQ = Shape<Int<Traits::kBlockM>, Int<Traits::kHeadDim>>;
   using BlockKV = Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>;
   Tensor mQ = kp.tma_q.get_tma_tensor(kp.shape_q)(_, _, head, info.tma_batch);
@@ -54,7 +56,6 @@ __device__ void fmha_fwd_load(const FmhaFwdKernelParams<Traits>& kp, typename Tr
 
   cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.barrier_q, Traits::kTmaBytesQ);
   copy(kp.tma_q.with(ss.barrier_q, 0), tQgQ, tQsQ);
-  auto write = cutlass::make_producer_start_state<typename Traits::Pipeline>();
   const int count = walk.count();
   for (int i = 0; i < count; ++i) {
     const int n = walk.tile(i);
@@ -75,8 +76,10 @@ struct WarpgroupScheduler {
   static constexpr int kWarpgroups = Traits::kNumMmaWarpgroups;
   static constexpr int kFirstId = 4;  // named-barrier ids kFirstId .. kFirstId + kWarpgroups - 1
   int wg;
-  __device__ explicit WarpgroupScheduler(int mma_tid) : wg(mma_tid / 128) {
-    if (Traits::kPingPong && wg == 0) NamedBarrier::arrive(kFirstId, 256);
+  // start: release the first warpgroup (once per CTA: across a persistent CTA's tiles the last
+  // warpgroup's final pass of one tile releases it for the next).
+  __device__ WarpgroupScheduler(int mma_tid, bool start) : wg(mma_tid / 128) {
+    if (Traits::kPingPong && wg == 0 && start) NamedBarrier::arrive(kFirstId, 256);
   }
   __device__ void wait() const {
     if constexpr (Traits::kPingPong) NamedBarrier::sync(kFirstId + wg, 256);
@@ -91,12 +94,13 @@ struct WarpgroupScheduler {
 // of the previous tile, so the tensor cores run one GEMM while the softmax of the other waits.
 //
 // `read` is the pipeline state of the walk's first tile and is left at the stage after its last,
-// and Q is the barrier_q phase q_phase: a persistent kernel chains its work tiles through both.
+// and Q is the barrier_q phase q_phase: a persistent kernel chains its work tiles through both
+// (and starts the ping-pong turns on its first tile only, start_turns).
 template <class Traits, class Mask, class Walk, class TensorO, class Softmax>
 __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits::Pipeline& pipe_k,
                              typename Traits::Pipeline& pipe_v, const Mask& mask, int m_block, const Walk& walk,
                              int mma_tid, TensorO& tOrO, Softmax& softmax, typename Traits::PipelineState& read,
-                             int q_phase = 0) {
+                             int q_phase = 0, bool start_turns = true) {
   using TileShapeQK = typename Traits::TileShapeQK;
   typename Traits::TiledMmaQK mma_qk;
   typename Traits::TiledMmaPV mma_pv;
@@ -118,7 +122,7 @@ __device__ void fmha_fwd_mma(typename Traits::SharedStorage& ss, typename Traits
   };
 
   clear(tOrO);
-  const WarpgroupScheduler<Traits> scheduler(mma_tid);
+  const WarpgroupScheduler<Traits> scheduler(mma_tid, start_turns);
   cutlass::arch::ClusterTransactionBarrier::wait(&ss.barrier_q, q_phase);
 
   auto n = walk.tile(0);  // an int, or a family's tile coordinates

@@ -56,6 +56,10 @@ struct FmhaFwdParams {
   int64_t bs_count_batch_stride = 0, bs_count_head_stride = 0, bs_count_tile_stride = 0;
   int bs_max_count = 0;
   int bs_q_block = 0, bs_kv_block = 0;
+
+  // Forward only: an int32 zeroed before the call selects the persistent grid, whose CTAs take
+  // work tiles from it (DynamicTileScheduler); nullptr: one CTA per work tile.
+  int* tile_counter = nullptr;
 };
 
 }  // namespace attnx::fmha

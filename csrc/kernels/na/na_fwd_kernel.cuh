@@ -14,6 +14,7 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "../fmha/fmha_fwd_epilogue.cuh"
+#include "../fmha/dynamic_tile_scheduler.cuh"
 #include "../fmha/fmha_fwd_mainloop.cuh"
 #include "na_fwd_traits.h"
 #include "na_tile_map.cuh"
@@ -30,6 +31,7 @@ struct NaFwdSmem {
   // O is staged here, not in Q's bytes, so the next work tile's Q can load during the epilogue.
   cute::array_aligned<typename Traits::Element, cosize_v<typename Traits::SmemLayoutQ>, 1024> o;
   uint64_t q_empty;  // consumers are done reading Q (phase per work tile)
+  fmha::TileHandoffSmem handoff;  // the dynamic scheduler's (p.tile_counter set)
 };
 template <class Traits>
 constexpr int kNaSmemOffset = (Traits::kSmemBytes + 1023) / 1024 * 1024;
@@ -88,12 +90,11 @@ __device__ void na_fwd_load(const NaFwdKernelParams<Traits>& kp, typename Traits
   }
 }
 
-// A CTA walks the work tiles blockIdx.x, blockIdx.x + gridDim.x, ...: with one CTA per work tile
-// (the launcher's default) the loop runs once; with a persistent grid (one CTA per SM) the next
-// tile's K/V, and during the epilogue its Q, load while the current tile finishes. The latter was
-// meant to hide the start-up and epilogue that a short neighbourhood walk leaves exposed, but
-// measured no better (docs/perf-notes.md); it stays for the scheduler work to come.
-template <class Traits>
+// A CTA walks work tiles from blockIdx.x on. kDynamic (the launcher's choice when p.tile_counter
+// is set): a persistent grid whose next tiles come from the DynamicTileScheduler, the next tile's
+// K/V, and during the epilogue its Q, loading while the current tile finishes. Otherwise one CTA
+// per work tile: the loop (next = w + gridDim.x) runs once.
+template <class Traits, bool kDynamic = false>
 __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
     na_fwd_kernel(const __grid_constant__ NaFwdKernelParams<Traits> kp) {
   static_assert(kNaSmemFits<Traits>, "resident CTAs exceed the SM's shared memory");
@@ -111,9 +112,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
 
   const int wg = threadIdx.x / 128;
   const auto pp = fmha::tma_pipeline_params<Pipeline>(Traits::kTmaBytesKV, Traits::kNumMmaThreads);
+  using Scheduler = fmha::DynamicTileScheduler<Traits::kNumMmaThreads>;
+  constexpr bool dynamic = kDynamic;  // a template parameter: the scheduler's state costs registers
+  const Scheduler scheduler{&ns.handoff, p.tile_counter, kp.num_work};
   if (threadIdx.x == 0) {
     cutlass::arch::ClusterTransactionBarrier::init(&ss.barrier_q, 1);
     cutlass::arch::ClusterBarrier::init(&ns.q_empty, Traits::kNumMmaThreads);
+    if constexpr (dynamic) Scheduler::init(&ns.handoff);
   }
   Pipeline pipe_k(ss.pipeline_k, pp, Shape<_1, _1, _1>{});
   Pipeline pipe_v(ss.pipeline_v, pp, Shape<_1, _1, _1>{});
@@ -127,11 +132,13 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
       cute::prefetch_tma_descriptor(&kp.tma_k);
       cute::prefetch_tma_descriptor(&kp.tma_v);
       auto write = cutlass::make_producer_start_state<Pipeline>();
-      for (int w = blockIdx.x, n = 0; w < kp.num_work; w += gridDim.x, ++n) {
+      for (int w = blockIdx.x, n = 0; w < kp.num_work; ++n) {
+        const int next = dynamic ? scheduler.publish_next(n) : w + (int)gridDim.x;
         const NaWork work(p, q_shape, kp.num_q_tiles, w);
         na_fwd_load<Traits>(kp, ss, ns, pipe_k, pipe_v, write, n, work.qt, kv_shape,
                             work.qt.walk(axis, q_shape, kv_shape), work.head,
                             work.head / (p.num_heads_q / p.num_heads_k));
+        w = next;
       }
     }
   } else {
@@ -147,7 +154,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
     NamedBarrier::sync(kColumnSetsBarrier, Traits::kNumMmaThreads);
 
     typename Traits::PipelineState read;
-    for (int w = blockIdx.x, n = 0; w < kp.num_work; w += gridDim.x, ++n) {
+    for (int w = blockIdx.x, n = 0; w < kp.num_work; ++n) {
       const NaWork work(p, q_shape, kp.num_q_tiles, w);
       // A warp's accumulator rows are its own 16 (wgmma m64: warp i of a warpgroup holds rows
       // 16i .. 16i + 15), so each warp fills their windows itself and a warp barrier suffices.
@@ -158,10 +165,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, Traits::kMinBlocksPerSm)
       fmha::OnlineSoftmax<2> softmax(p.scale);
       // Every query sees at least one key, so the walk is never empty.
       fmha::fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, 0, work.qt.walk(axis, q_shape, kv_shape), mma_tid, tOrO,
-                                 softmax, read, n & 1);
+                                 softmax, read, n & 1, /*start_turns=*/n == 0);
       cutlass::arch::ClusterBarrier::arrive(&ns.q_empty);
       const NaRowMap<Element> row_map(p, work.qt, q_shape, work.head);
       fmha::fmha_fwd_store<Traits>(ns.o.data(), tOrO, softmax, row_map, mma_tid);
+      w = dynamic ? scheduler.receive_next(n) : w + (int)gridDim.x;
     }
   }
 }

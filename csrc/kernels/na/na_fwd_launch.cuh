@@ -65,14 +65,16 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
   if (num_work >= (1LL << 31)) return Status::kInvalidArgument;
   kp.num_work = (int)num_work;
 
-  auto kernel = na_fwd_kernel<Traits>;
-  static KernelAttributesOnce attributes;
-  if (attributes.set(kernel, kNaSmemBytes<Traits>) != cudaSuccess) return Status::kCudaError;
-  // One CTA per work tile by default (the kernel's loop runs once): the persistent grid measured
-  // no better (docs/perf-notes.md, fused NA). ATTNX_NA_PERSISTENT=1 selects it for experiments.
-  const char* persistent = std::getenv("ATTNX_NA_PERSISTENT");
+  const bool dynamic = p.tile_counter != nullptr;
+  auto kernel = dynamic ? na_fwd_kernel<Traits, true> : na_fwd_kernel<Traits, false>;
+  static KernelAttributesOnce attributes[2];
+  if (attributes[dynamic].set(kernel, kNaSmemBytes<Traits>) != cudaSuccess) return Status::kCudaError;
+  // With a tile counter (ATTNX_FWD_PERSISTENT=1, an experiment): one CTA per SM resident slot,
+  // tiles from the DynamicTileScheduler (2-D k31 0.63 -> 0.59 ms, 1-D k2049 1.27-1.30 -> 1.21 ms;
+  // the static round-robin measured no better than one CTA per tile: docs/perf-notes.md).
+  // Without one: one CTA per work tile, the kernel's loop runs once.
   int64_t num_ctas = num_work;
-  if (persistent != nullptr && persistent[0] == '1') {
+  if (dynamic) {
     int device = 0, num_sms = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)

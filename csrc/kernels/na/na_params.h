@@ -44,6 +44,10 @@ struct NaFwdParams {
 
   float scale = 0.f;  // softmax scale (natural units)
   DType dtype = DType::kBFloat16;
+
+  // Forward only: an int32 zeroed before the call selects the persistent grid with the dynamic
+  // tile scheduler (fmha/dynamic_tile_scheduler.cuh); nullptr: one CTA per work tile.
+  int* tile_counter = nullptr;
 };
 
 // Backward: the forward's fields describe q, k, v, out (= O) and lse; these add dO, the optional
