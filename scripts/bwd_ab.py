@@ -12,6 +12,7 @@ import sys
 import torch
 
 import attnx
+from ab_timing import median_ms  # scripts/ is on sys.path when a script runs
 from attnx.bench.cases import gna_plan
 
 dev = "cuda"
@@ -19,19 +20,8 @@ dt = torch.bfloat16
 label = sys.argv[1] if len(sys.argv) > 1 else "?"
 
 
-def timeit(fn, iters=10, warm=2):
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
+def timeit(fn):
+    return median_ms(fn, iters=10, warm=2)
 
 
 def rnd(*shape):

@@ -12,25 +12,15 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnx
+from ab_timing import median_ms  # scripts/ is on sys.path when a script runs
 from attnx.bench.cases import gna_plan, varlen_lengths
 
 dev, dt = "cuda", torch.bfloat16
 label = sys.argv[1] if len(sys.argv) > 1 else "?"
 
 
-def timeit(fn, iters=20, warm=3):
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
+def timeit(fn):
+    return median_ms(fn, iters=20, warm=3)
 
 
 def report(name, ms, flops, peer_ms=None):

@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../common/device_sms.h"
+
 namespace attnx::fmha {
 
 // ATTNX_BWD_PERSISTENT: unset or 0, one CTA per work tile; n > 0, at most n CTAs (tests and the
@@ -22,9 +24,8 @@ inline cudaError_t bwd_persistent_ctas(int64_t num_tiles, int& num_ctas) {
   const char* env = std::getenv("ATTNX_BWD_PERSISTENT");
   if (env == nullptr || env[0] == '\0') return cudaSuccess;
   if (std::strcmp(env, "sms") == 0) {
-    int device = 0, num_sms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
+    int num_sms = 0;
+    const cudaError_t err = current_device_sms(num_sms);
     if (err == cudaSuccess) num_ctas = (int)std::min<int64_t>(num_tiles, num_sms);
     return err;
   }

@@ -9,6 +9,7 @@
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
+#include "../common/device_sms.h"
 #include "../common/kernel_attributes.h"
 #include "fmha_fwd_config.h"
 #include "fmha_fwd_persistent_kernel.cuh"
@@ -26,18 +27,6 @@ __global__ void fmha_fwd_no_keys_kernel(FmhaFwdParams p, int batches, int rows) 
     for (int d = 0; d < p.head_dim; ++d) o[d] = Element(0.f);
     p.lse[i] = -INFINITY;
   }
-}
-
-// SMs of the current device (cached per device: the attribute query costs microseconds).
-inline cudaError_t sm_count(int& num_sms) {
-  static int cached[64] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device < 64 && cached[device] > 0) return num_sms = cached[device], cudaSuccess;
-  err = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess && device < 64) cached[device] = num_sms;
-  return err;
 }
 
 template <class Traits, bool kWithBlockSparse = true>
@@ -88,7 +77,7 @@ Status run_fmha_fwd(const FmhaFwdParams& p, cudaStream_t stream) {
     if (attributes[block_sparse].set(kernel, kSmem, Traits::kMinBlocksPerSm > 1) != cudaSuccess)
       return Status::kCudaError;
     int num_sms = 0;
-    if (sm_count(num_sms) != cudaSuccess) return Status::kCudaError;
+    if (current_device_sms(num_sms) != cudaSuccess) return Status::kCudaError;
     const int grid = (int)std::min<int64_t>(num_tiles, (int64_t)num_sms * Traits::kMinBlocksPerSm);
     kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(kp);
     return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;

@@ -12,6 +12,7 @@
 #include <cutlass/cuda_host_adapter.hpp>
 
 #include "../common/cuda_check.h"
+#include "../common/device_sms.h"
 #include "../common/kernel_attributes.h"
 #include "na_fwd_kernel.cuh"
 #include "na_tile_choice.h"
@@ -75,10 +76,8 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
   // Without one: one CTA per work tile, the kernel's loop runs once.
   int64_t num_ctas = num_work;
   if (dynamic) {
-    int device = 0, num_sms = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-      return Status::kCudaError;
+    int num_sms = 0;
+    if (current_device_sms(num_sms) != cudaSuccess) return Status::kCudaError;
     num_ctas = std::min<int64_t>(num_work, (int64_t)num_sms * Traits::kMinBlocksPerSm);
   }
   const dim3 grid((unsigned)num_ctas);
