@@ -41,6 +41,17 @@ def test_dense_quick_writes_json(tmp_path, capsys):
     assert "B1 L128 H2 D64" in out or HAS_CUDA  # the table was printed
 
 
+def test_case_filter_runs_only_matching_cases(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    rc = main(["--family", "gna", "--case", "block-sparse 2d", "--quick", "--json", str(path), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    cases = {r["case"] for r in json.loads(path.read_text())["rows"]}
+    assert cases and all("block-sparse 2d" in c for c in cases), cases
+    assert main(["--list", "--family", "gna", "--case", "no such case"]) == 0
+    assert "    - " not in capsys.readouterr().out
+
+
 def test_list(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out

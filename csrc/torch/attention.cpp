@@ -22,7 +22,7 @@ namespace {
 
 void run(const char* op, fmha::FmhaFwdParams p, const Tensor& q) {
   std::optional<Tensor> counter;
-  p.tile_counter = fwd_tile_counter(q, counter);
+  p.tile_counter = fwd_tile_counter(q, counter, /*uneven_walk=*/p.kv_block_index != nullptr);
   const Status status = fmha::fmha_fwd(p, static_cast<cudaStream_t>(current_stream(op, q)));
   STD_TORCH_CHECK(status != Status::kUnsupported, op, ": no native kernel for head dim ", p.head_dim,
                   ", this dtype and these options (built: ", fmha::built_instances(),

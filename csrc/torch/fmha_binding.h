@@ -33,16 +33,17 @@ inline int num_sms(const Tensor& t) {
 }
 
 // Forward kernels with a persistent grid take their work tiles from an int32 counter zeroed
-// before the call (stream-ordered). ATTNX_FWD_PERSISTENT=1 turns that on for every forward (an
-// experiment, off by default: +5-10% measured on block-sparse and NA walks, nothing or a loss on
-// dense ones; it becomes the default for uneven walks once the NA variant is tested and both pass
-// the sanitizers, docs/perf-notes.md). `holder` keeps the counter alive through the launch.
-inline int* fwd_tile_counter(const Tensor& like, std::optional<Tensor>& holder) {
-  static const bool on = [] {
+// before the call (stream-ordered). The dynamic grid pays where walks are uneven and short
+// (block-sparse lists, NA windows: +5-10% measured) and not on dense ones (long, even walks:
+// nothing to balance; head dim 64 lost 5%), so `uneven_walk` picks it by default;
+// ATTNX_FWD_PERSISTENT=1 forces it for every forward, =0 turns it off (docs/perf-notes.md).
+// `holder` keeps the counter alive through the launch.
+inline int* fwd_tile_counter(const Tensor& like, std::optional<Tensor>& holder, bool uneven_walk) {
+  static const int forced = [] {
     const char* e = std::getenv("ATTNX_FWD_PERSISTENT");
-    return e != nullptr && e[0] == '1';
+    return e == nullptr || (e[0] != '0' && e[0] != '1') ? -1 : e[0] - '0';
   }();
-  if (!on) return nullptr;
+  if (forced == 0 || (forced < 0 && !uneven_walk)) return nullptr;
   holder = torch::stable::new_empty(like, {1}, torch::headeronly::ScalarType::Int);
   torch::stable::zero_(*holder);
   return static_cast<int*>(holder->data_ptr());

@@ -103,7 +103,7 @@ std::tuple<Tensor, Tensor> neighborhood_attention_cuda(Tensor q, Tensor k, Tenso
   na_strides(out, p.o_batch_stride, p.o_axis_stride, p.o_head_stride);
 
   std::optional<Tensor> counter;
-  p.tile_counter = fwd_tile_counter(q, counter);
+  p.tile_counter = fwd_tile_counter(q, counter, /*uneven_walk=*/true);
   const Status status = na::na_fwd(p, static_cast<cudaStream_t>(current_stream(kOp, q)));
   STD_TORCH_CHECK(status != Status::kUnsupported, kOp, ": no native kernel for head dim ", p.head_dim,
                   " with this dtype and layout (built: ", fmha::built_instances(),

@@ -70,9 +70,9 @@ Status run_na_fwd(const NaFwdParams& p, cudaStream_t stream) {
   auto kernel = dynamic ? na_fwd_kernel<Traits, true> : na_fwd_kernel<Traits, false>;
   static KernelAttributesOnce attributes[2];
   if (attributes[dynamic].set(kernel, kNaSmemBytes<Traits>) != cudaSuccess) return Status::kCudaError;
-  // With a tile counter (ATTNX_FWD_PERSISTENT=1, an experiment): one CTA per SM resident slot,
-  // tiles from the DynamicTileScheduler (2-D k31 0.63 -> 0.59 ms, 1-D k2049 1.27-1.30 -> 1.21 ms;
-  // the static round-robin measured no better than one CTA per tile: docs/perf-notes.md).
+  // With a tile counter (the binding's default for NA; ATTNX_FWD_PERSISTENT=0 drops it): one CTA
+  // per SM resident slot, tiles from the DynamicTileScheduler (2-D k31 0.63 -> 0.59 ms, 1-D k2049
+  // 1.27-1.30 -> 1.21 ms; the static round-robin measured no better than one CTA per tile: docs/perf-notes.md).
   // Without one: one CTA per work tile, the kernel's loop runs once.
   int64_t num_ctas = num_work;
   if (dynamic) {

@@ -1,6 +1,6 @@
 """`python -m attnx bench`: attnx's kernels beside PyTorch's, checked against attnx.reference.
 
-Usage: ``python -m attnx bench [--family F ...] [--json PATH] [--plot PATH] [--quick] [--list]``
+Usage: ``python -m attnx bench [--family F ...] [--case TEXT ...] [--json PATH] [--plot PATH] [--quick] [--list]``
 
 With a CUDA GPU every case first checks attnx's output against attnx.reference (relative error in
 float64 on a subset of the problem: the last batch element, all heads or, where the reference is
@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"families to run (default: all): {', '.join(FAMILIES)}")
     p.add_argument("--json", metavar="PATH", help="write all rows and metadata as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
+    p.add_argument("--case", action="extend", nargs="+", default=None, metavar="TEXT",
+                   help="run only the cases whose name contains one of these strings (see --list)")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs")
     p.add_argument("--list", action="store_true", help="print the families and their cases, run nothing")
     p.add_argument("--max-ref-seconds", type=float, default=20.0, metavar="S",
@@ -108,7 +110,7 @@ def _meta(ctx: Ctx, argv: list, families: list) -> dict:
     return meta
 
 
-def _print_list(ctx: Ctx, families: list):
+def _print_list(ctx: Ctx, families: list, wanted_cases=None):
     where = "GPU" if ctx.cuda else "CPU (references)"
     print(f"families and cases (mode {ctx.mode}, {where}):")
     for fam in families:
@@ -116,7 +118,8 @@ def _print_list(ctx: Ctx, families: list):
         print(f"  {fam}: {what}")
         try:
             for case in fn(ctx):
-                print(f"    - {case.name}")
+                if not wanted_cases or any(t in case.name for t in wanted_cases):
+                    print(f"    - {case.name}")
         except Exception as e:  # noqa: BLE001
             print(f"    (cases unavailable: {type(e).__name__}: {e})")
 
@@ -138,7 +141,7 @@ def main(argv=None) -> int:
         families = [f for f in FAMILIES if f in wanted]  # ceilings first, so later rows can use them
     ctx = _make_ctx(args)
     if args.list:
-        _print_list(ctx, families)
+        _print_list(ctx, families, args.case)
         return 0
     if not ctx.cuda:
         print(NO_GPU_NOTICE)
@@ -153,6 +156,8 @@ def main(argv=None) -> int:
                          "device": ctx.device.type, "note": f"error building the cases: {type(e).__name__}: {e}"})
             continue
         for case in cases:
+            if args.case and not any(t in case.name for t in args.case):
+                continue
             try:
                 rows.extend(run_case(ctx, case))
             except Exception as e:  # noqa: BLE001  (run_case catches per impl; this is a last resort)
