@@ -135,16 +135,22 @@ for name in sorted(_native.instances()):
                                                       lse, idx, None)
     ran.append(name + (" (+ sparse_bwd)" if backward else ""))
 if _native.has_cuda_kernel("pq_topk") and not (NA_BWD_ONLY or BWD_ONLY):
-    # PQ top-k: every M, q dtype; k near Lk, causal rows with no key, all-equal scores (truncation)
+    # PQ top-k, sorted and not: every M, q dtype; k near Lk, causal rows with no key, all-equal
+    # scores (truncation); scanned rows (Lk >= 4 x the selection slots), lists over 1024; and the
+    # encoding of q with the same codebooks (every sub-dim 4..16 here, C < 256 and not)
     for m, ds, c, dtype, (lq, lk, kk, causal) in [(4, 16, 100, torch.float32, (33, 1000, 700, False)),
                                                   (8, 8, 256, torch.bfloat16, (70, 30, 5, True)),
-                                                  (16, 8, 64, torch.float16, (9, 777, 1, True))]:
+                                                  (16, 8, 64, torch.float16, (9, 777, 1, True)),
+                                                  (8, 8, 256, torch.bfloat16, (130, 4096, 256, False)),
+                                                  (4, 16, 256, torch.float16, (64, 8192, 900, True))]:
         q = torch.randn(2, lq, 3, m * ds, device="cuda", dtype=dtype)
         cent = torch.randn(3, m, c, ds, device="cuda")
         codes = torch.randint(0, c, (2, lk, 3, m), device="cuda", dtype=torch.int32).to(torch.uint8)
-        torch.ops.attnx.pq_topk(q, codes, cent, kk, causal)
-        torch.ops.attnx.pq_topk(q, torch.zeros_like(codes), cent, kk, causal)
-    ran.append("pq_topk")
+        for srt in (True, False):
+            torch.ops.attnx.pq_topk(q, codes, cent, kk, causal, srt)
+            torch.ops.attnx.pq_topk(q, torch.zeros_like(codes), cent, kk, causal, srt)
+        torch.ops.attnx.pq_encode(q, cent)
+    ran.append("pq_topk (sorted and not), pq_encode")
 if _native.has_cuda_kernel("unpad") and not (NA_BWD_ONLY or BWD_ONLY):
     # unpad / pad: every copy unit (16..1 bytes), masks across a 2048-position chunk, empty rows, junk pad indices
     for shape, dtype in [((3, 2100, 4, 8), torch.bfloat16), ((2, 33, 3), torch.float32), ((4, 9, 3), torch.uint8),

@@ -2,7 +2,9 @@
 exact PQ scores computed here in float64 from the definition (q . decoded key): the chosen keys
 must be distinct, allowed, padded with -1 past the allowed count, and their scores, in the
 order returned, must equal the k largest allowed scores (up to float32 rounding, so near-ties
-may pick either key). Outputs are poisoned before each call.
+may pick either key). The unsorted selection must list exactly the sorted one's keys in
+ascending order. The native encoding (attnx.pq.encode) is checked against float64 distances.
+Outputs are poisoned before each call.
 """
 from __future__ import annotations
 
@@ -81,6 +83,15 @@ def test_topk_selects_the_k_best(dtype, b, lq, lk, h, m, c, ds, k, causal):
     idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), k, causal=causal)
     torch.cuda.synchronize()
     check_selection(idx, q, codes, cent, k, causal)
+    check_unsorted(idx, q, codes, cent, k, causal)
+
+
+def check_unsorted(sorted_idx, q, codes, cent, k, causal):
+    """sorted=False lists exactly the sorted selection's keys, in ascending index order."""
+    poison_allocator()
+    got = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), k, causal=causal, sorted=False)
+    torch.cuda.synchronize()
+    assert torch.equal(got, ref.ascending_keys(sorted_idx))
 
 
 def test_topk_agrees_with_the_reference():
@@ -96,8 +107,20 @@ def test_equal_scores_go_by_key_index():
     # level and the kernel takes the lowest indices, in order.
     q, codes, cent = problem(1, 5, 3000, 2, 8, 256, 8, torch.bfloat16)
     codes = torch.full_like(codes, 7)
-    idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 300)
-    assert torch.equal(idx, torch.arange(300, device="cuda", dtype=torch.int32).expand_as(idx))
+    for srt in (True, False):
+        idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 300, sorted=srt)
+        assert torch.equal(idx, torch.arange(300, device="cuda", dtype=torch.int32).expand_as(idx))
+
+
+def test_unsorted_ties_in_a_scanned_list_take_the_lowest_indices():
+    # Groups of keys share their codes, so a scanned row's list holds runs of equal scores and the
+    # k-th best score is usually shared by more keys than are still needed.
+    q, codes, cent = problem(1, 130, 4096, 2, 8, 256, 8, torch.float32, seed=12)
+    codes = codes[:, torch.arange(4096, device="cuda") // 8]  # every code vector 8 times
+    for k in (100, 257):
+        idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), k)
+        check_selection(idx, q, codes, cent, k, False)
+        check_unsorted(idx, q, codes, cent, k, False)
 
 
 def test_clustered_scores_need_refinement_and_stay_exact():
@@ -105,7 +128,9 @@ def test_clustered_scores_need_refinement_and_stay_exact():
     q, codes, cent = problem(1, 16, 4096, 2, 8, 256, 8, torch.float32, seed=5)
     codes[:, : 3500] = codes[:, :1]
     codes[:, 1000:1200] = codes[:, 4000:4001]
-    check_selection(attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 256), q, codes, cent, 256, False)
+    idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), 256)
+    check_selection(idx, q, codes, cent, 256, False)
+    check_unsorted(idx, q, codes, cent, 256, False)
 
 
 def test_deterministic_and_any_code_layout():
@@ -170,11 +195,13 @@ def test_bad_codes_are_an_error():
     assert names_arg(str(e.value), "k")
 
 
-def test_pq_sparse_attention_uses_the_native_selection():
-    q, k, v = (torch.randn(1, 512, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+@pytest.mark.parametrize("l", [512, 4096])  # LUT rows only; scanned rows
+def test_pq_sparse_attention_uses_the_native_selection(l):
+    q, k, v = (torch.randn(1, l, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     cb = attnx.pq.fit(k, 8, 64, iters=3)
-    idx = attnx.pq.topk(q, attnx.pq.encode(k, cb), cb, 32)
-    out = attnx.pq.pq_sparse_attention(q, k, v, 32, codebook=cb)
+    idx = attnx.pq.topk(q, attnx.pq.encode(k, cb), cb, 32 if l == 512 else 256, sorted=False)
+    assert torch.equal(idx, ref.ascending_keys(idx))
+    out = attnx.pq.pq_sparse_attention(q, k, v, idx.shape[-1], codebook=cb)
     want = attnx.sparse_attention(q, k, v, idx)
     assert torch.equal(out, want)
 
@@ -182,6 +209,64 @@ def test_pq_sparse_attention_uses_the_native_selection():
 def test_native_op_passes_opcheck():
     q, codes, cent = problem(1, 20, 300, 2, 8, 64, 8, torch.bfloat16)
     torch.library.opcheck(torch.ops.attnx.pq_topk.default, (q, codes, cent, 16, True))
+    torch.library.opcheck(torch.ops.attnx.pq_topk.default, (q, codes, cent, 16, False, False))
+    torch.library.opcheck(torch.ops.attnx.pq_encode.default, (q, cent))
+
+
+def encode_distances(x, cent):
+    """[B, L, H, M, C] float64 squared distances of x's sub-vectors to every centroid."""
+    h, m, c, ds = cent.shape
+    xs = x.double().reshape(*x.shape[:3], m, 1, ds)
+    return ((xs - cent.double().view(1, 1, h, m, c, ds)) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("b,l,h,m,c,ds", [
+    (2, 300, 3, 8, 256, 8),    # D 64, more rows than one CTA
+    (1, 1, 1, 16, 256, 8),     # one row, D 128
+    (1, 77, 2, 4, 100, 16),    # C not a power of two
+    (1, 513, 2, 2, 17, 32),    # ds 32
+    (3, 5, 2, 16, 256, 2),     # ds 2
+    (1, 40, 1, 16, 1, 4),      # C = 1
+])
+def test_encode_picks_the_nearest_centroid(dtype, b, l, h, m, c, ds):
+    g = torch.Generator(device="cuda").manual_seed(l * 31 + c)
+    x = torch.randn(b, l, h, m * ds, device="cuda", generator=g).to(dtype)
+    cent = torch.randn(h, m, c, ds, device="cuda", generator=g)
+    assert _native.covers("pq_encode", x, cent)
+    poison_allocator()
+    codes = attnx.pq.encode(x, attnx.pq.Codebook(cent))
+    torch.cuda.synchronize()
+    assert codes.dtype == torch.uint8 and codes.shape == (b, l, h, m) and codes.is_contiguous()
+    dist = encode_distances(x, cent)
+    assert bool((codes.long() < c).all())
+    got = dist.gather(-1, codes.long().unsqueeze(-1)).squeeze(-1)
+    best = dist.min(-1).values
+    assert bool(((got - best) <= 1e-5 * (1 + best)).all()), "a code is not the nearest centroid"
+    want = ref.pq_encode(x, cent)
+    same = (codes == want).float().mean().item()
+    assert same > 0.999, f"only {same:.4f} of the codes match the reference"
+
+
+def test_encode_reads_strided_x_and_handles_empty_and_uncovered_inputs():
+    x = torch.randn(2, 64, 3, 2, 64, device="cuda", dtype=torch.bfloat16)[..., 1, :]  # strided heads
+    cent = torch.randn(3, 8, 256, 8, device="cuda")
+    cb = attnx.pq.Codebook(cent)
+    assert torch.equal(attnx.pq.encode(x, cb), attnx.pq.encode(x.contiguous(), cb))
+    xt = torch.randn(64, 2, 3, 64, device="cuda", dtype=torch.bfloat16).transpose(0, 1)  # strided batch
+    assert torch.equal(attnx.pq.encode(xt, cb), attnx.pq.encode(xt.contiguous(), cb))
+    assert attnx.pq.encode(x[:, :0], cb).shape == (2, 0, 3, 8)
+    x3 = torch.randn(1, 10, 3, 24, device="cuda")  # ds 3: the reference
+    c3 = torch.randn(3, 8, 16, 3, device="cuda")
+    assert not _native.covers("pq_encode", x3, c3)
+    assert torch.equal(attnx.pq.encode(x3, attnx.pq.Codebook(c3)), ref.pq_encode(x3, c3))
+    with pytest.raises(RuntimeError, match="no native kernel"):
+        torch.ops.attnx.pq_encode(x3, c3)
+    assert not _native.covers("pq_encode", x, cent.double())  # float64 centroids: the reference
+    assert torch.equal(attnx.pq.encode(x, attnx.pq.Codebook(cent.double())), ref.pq_encode(x, cent.double()))
+    with pytest.raises(ValueError) as e:
+        attnx.pq.encode(x[..., :32], cb)
+    assert names_arg(str(e.value), "x")
 
 
 # Long rows go through the tensor-core scan (pq_scan.cu) before the LUT kernel sorts its lists;
@@ -206,6 +291,7 @@ def test_scan_selects_the_k_best(monkeypatch, dtype, b, lq, lk, h, m, c, ds, k, 
     idx = attnx.pq.topk(q, codes, attnx.pq.Codebook(cent), k, causal=causal)
     torch.cuda.synchronize()
     check_selection(idx, q, codes, cent, k, causal)
+    check_unsorted(idx, q, codes, cent, k, causal)
 
 
 def test_scan_agrees_with_the_lut_search(monkeypatch):
@@ -247,6 +333,7 @@ def test_scan_with_clustered_keys():
     codes = attnx.pq.encode(k, cb)
     idx = attnx.pq.topk(q, codes, cb, 256, causal=True)
     check_selection(idx, q, codes, cb.centroids, 256, True)
+    check_unsorted(idx, q, codes, cb.centroids, 256, True)
 
 
 def test_scan_leaves_heads_with_non_finite_centroids_to_the_search(monkeypatch):

@@ -183,6 +183,13 @@ def test_topk_matches_brute_force(causal, lq, lk, k):
                 got = s[bi, i, hh, chosen]
                 want = torch.sort(s[bi, i, hh, allowed], descending=True).values[:n]
                 assert torch.allclose(got, want, atol=1e-5), (got, want)  # same score set, in order
+    unsorted = pq.pq_topk(q, codes, cent, k, causal, sorted=False)
+    for bi in range(b):
+        for i in range(lq):
+            for hh in range(h):
+                row = idx[bi, i, hh].tolist()
+                n = sum(j >= 0 for j in row)
+                assert unsorted[bi, i, hh].tolist() == sorted(row[:n]) + [-1] * (k - n)
 
 
 def test_topk_recall_on_clustered_keys():
@@ -207,6 +214,7 @@ def test_friendly_wrappers_match_plain_functions():
     codes = pq.encode(x, cb)
     assert torch.equal(codes, pq.pq_encode(x, cb.centroids))
     assert torch.equal(pq.topk(x, codes, cb, 4, causal=True), pq.pq_topk(x, codes, cb.centroids, 4, True))
+    assert torch.equal(pq.topk(x, codes, cb, 4, sorted=False), pq.pq_topk(x, codes, cb.centroids, 4, False, False))
     assert torch.equal(pq.update(cb, x, iters=2).centroids, pq.pq_update(cb.centroids, x, 2))
 
 

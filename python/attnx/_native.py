@@ -114,7 +114,10 @@ def covers(op: str, q, k=None, v=None, *, head_dim_v=None, tiles=None, dilation=
         m, c, ds = k.shape[3], v.shape[2], v.shape[3]
         per_warp = (256 + m * 256) * 4 + max(4096, 8 << (topk + 255).bit_length())  # LUT, q, buffer of pow2 slots
         return (_sm90(q.device) and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and m in (4, 8, 16)
-                and c <= 256 and m * ds == q.shape[-1] <= 256 and per_warp <= 227 * 1024)
+                and v.dtype == torch.float32 and c <= 256 and m * ds == q.shape[-1] <= 256 and per_warp <= 227 * 1024)
+    if op == "pq_encode":  # x, centroids [H, M, C, ds]
+        return (_sm90(q.device) and q.dtype in (torch.float16, torch.bfloat16, torch.float32) and k.dim() == 4
+                and k.dtype == torch.float32 and k.shape[3] in (2, 4, 8, 16, 32) and k.shape[2] <= 256)
     if op == "sparse_attention":  # gathers of 16-byte row pieces: the same alignment TMA needs
         return (_built("sparse", q, k, v) and v.shape[-1] == q.shape[-1] and _sm90(q.device)
                 and all(aligned_16b(x) for x in (q, k, v)))
@@ -161,6 +164,8 @@ def info() -> dict:
         elif name == "pq_topk" and cuda == "native":
             cuda = ("native (fused LUT scoring + histogram selection) for q fp16/bf16/fp32, M in {4, 8, 16}, C <= 256,"
                     " D <= 256, k + 256 selection slots in shared memory, on sm_90; reference otherwise")
+        elif name == "pq_encode" and cuda == "native":
+            cuda = "native for x fp16/bf16/fp32, D / M in {2, 4, 8, 16, 32}, C <= 256, on sm_90; reference otherwise"
         elif name == "mla_decode_metadata" and cuda == "native":
             cuda = "native (GPU planner) on sm_90; reference otherwise"
         ops[name] = {"family": family, "cpu": "reference", "cuda": cuda}

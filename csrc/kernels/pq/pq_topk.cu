@@ -14,7 +14,9 @@
 //   2. while that bin holds more keys than the selection buffer has room for, histogram its keys
 //      again with kBins times finer bins (up to kLevels levels);
 //   3. one collecting pass writes the taken keys and the bin's keys, in key order, to the buffer.
-// A bitonic sort puts the buffer in descending score order (equal scores: lower index first).
+// A bitonic sort puts the buffer in descending score order (equal scores: lower index first), or,
+// unsorted (p.sorted false), the k best are picked from the buffer (pq_select.cuh) and written in
+// its order, which is key order.
 // Only keys still tied after kLevels levels (about 30 bits of the score range: in practice,
 // equal scores) are chosen by index.
 //
@@ -37,6 +39,7 @@
 #include "pq_api.h"
 #include "pq_dtype.cuh"
 #include "pq_scan.h"
+#include "pq_select.cuh"
 
 namespace attnx::pq {
 namespace {
@@ -454,14 +457,19 @@ __global__ void __launch_bounds__(kMaxWarps * 32) pq_topk_kernel(const PqTopkPar
     }
   }
   __syncwarp();
-  sort_and_write(buf, count, k, out, lane);
+  if (p.sorted)
+    sort_and_write(buf, count, k, out, lane);
+  else
+    write_top_k_in_order(buf, count, k, out, lane);
 }
 
-// Rows the scan settled: one warp sorts its list (the top k by the scan's scores are the answer).
-// No LUTs, so many warps share an SM; lists longer than 1024 sort in shared memory.
+// Rows the scan settled: one warp sorts its list (the top k by the scan's scores are the answer),
+// or, unsorted, picks the top k and writes them in key order through a bitmap of the row's keys
+// (the scan runs only for Lk < 2^16: at most 8 KB per warp). No LUTs, so many warps share an SM;
+// sorted lists longer than 1024 sort in shared memory.
 constexpr int kListWarps = 8;
 __global__ void __launch_bounds__(kListWarps * 32) pq_sort_lists_kernel(const PqTopkParams p, int slots,
-                                                                        const RowRange rows) {
+                                                                        int64_t warp_bytes, const RowRange rows) {
   extern __shared__ float4 smem4[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int i = rows.begin + blockIdx.x * warps + warp, h = blockIdx.y, b = blockIdx.z;
@@ -471,8 +479,11 @@ __global__ void __launch_bounds__(kListWarps * 32) pq_sort_lists_kernel(const Pq
   if (count < 0) return;
   const PqCandidate* cand = rows.cand + list * slots;
   int32_t* out = p.out + (((int64_t)b * p.seqlen_q + i) * p.num_heads + h) * p.topk;
-  if (!sort_in_registers(cand, count, p.topk, out, lane)) {
-    Entry* buf = reinterpret_cast<Entry*>(smem4) + (int64_t)warp * slots;
+  char* mine = reinterpret_cast<char*>(smem4) + warp * warp_bytes;
+  if (!p.sorted) {
+    write_top_k_ascending(cand, count, p.topk, p.seqlen_k, reinterpret_cast<uint32_t*>(mine), out, lane);
+  } else if (!sort_in_registers(cand, count, p.topk, out, lane)) {
+    Entry* buf = reinterpret_cast<Entry*>(mine);
     for (int t = lane; t < count; t += 32) buf[t] = cand[t];
     __syncwarp();
     sort_and_write(buf, count, p.topk, out, lane);
@@ -482,13 +493,17 @@ __global__ void __launch_bounds__(kListWarps * 32) pq_sort_lists_kernel(const Pq
 Status launch_lists(const PqTopkParams& p, const RowRange& rows, cudaStream_t stream) {
   constexpr int kMaxSmem = 227 * 1024;  // the sm_90 opt-in limit, set once whatever k a call has
   const int slots = selection_slots(p.topk);
-  const int64_t per_warp = slots > 1024 ? slots * (int64_t)sizeof(Entry) : 0;  // shorter lists sort in registers
-  // pq_topk_supported keeps one LUT warp's buffer (more than per_warp) within kMaxSmem.
+  // Sorted: lists up to 1024 sort in registers, longer ones in shared memory. Unsorted: the
+  // bitmap of the row's keys.
+  const int64_t per_warp = !p.sorted ? ((int64_t)p.seqlen_k + 31) / 32 * 4
+                                     : (slots > 1024 ? slots * (int64_t)sizeof(Entry) : 0);
+  // pq_topk_supported keeps one LUT warp's buffer (more than a sorted per_warp) within kMaxSmem;
+  // the bitmap is at most 8 KB (the scan needs Lk < 2^16).
   const int warps = per_warp > 0 ? (int)std::min<int64_t>(kListWarps, kMaxSmem / per_warp) : kListWarps;
   static KernelAttributesOnce attributes;
   if (attributes.set(pq_sort_lists_kernel, kMaxSmem) != cudaSuccess) return Status::kCudaError;
   const dim3 grid((rows.end - rows.begin + warps - 1) / warps, p.num_heads, p.batch);
-  pq_sort_lists_kernel<<<grid, warps * 32, warps * per_warp, stream>>>(p, slots, rows);
+  pq_sort_lists_kernel<<<grid, warps * 32, warps * per_warp, stream>>>(p, slots, per_warp, rows);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["pq_fit", "pq_update", "pq_encode", "pq_topk", "check_topk", "Codebook", "fit", "update", "encode", "topk",
-           "quantization_error"]
+__all__ = ["pq_fit", "pq_update", "pq_encode", "pq_topk", "check_encode", "check_topk", "ascending_keys", "Codebook",
+           "fit", "update", "encode", "topk", "quantization_error"]
 
 # Bound on the elements of one temporary (distances or scores): 64M (256 MB in fp32).
 CHUNK_ELEMENTS = 1 << 26
@@ -249,8 +249,7 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """PQ codes of x [B, L, H, D]: uint8 [B, L, H, M], codes[b, l, h, m] = argmin_c of
     ||x[b, l, h, m-th subspace] - centroids[h, m, c]||^2 (computed in float32, float64 when x
     is float64; chunked over samples)."""
-    _centroids("centroids", centroids)
-    _x_matches("x", x, centroids)
+    check_encode(x, centroids)
     h, m, c, ds = centroids.shape
     b, l = x.shape[:2]
     n = b * l
@@ -264,6 +263,12 @@ def pq_encode(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
         sl = slice(s, min(n, s + step))
         codes[sl] = _nearest(_groups(xf, sl, m, cdt), cent, cnorm).t().to(torch.uint8)
     return codes.reshape(b, l, h, m)
+
+
+def check_encode(x: torch.Tensor, centroids: torch.Tensor):
+    """The argument checks of pq_encode."""
+    _centroids("centroids", centroids)
+    _x_matches("x", x, centroids)
 
 
 def check_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: int, check_values: bool = True):
@@ -290,7 +295,8 @@ def check_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k:
 
 
 @_no_autocast
-def pq_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: int, causal: bool) -> torch.Tensor:
+def pq_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: int, causal: bool,
+            sorted: bool = True) -> torch.Tensor:
     """Approximate top-k keys per query by the PQ inner product: int32 [B, Lq, H, k].
 
     score(i, j) = sum_{m = 0..M-1} LUT[i, h, m, codes[b, j, h, m]] with LUT[i, h, m, c] =
@@ -298,8 +304,9 @@ def pq_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: in
     float64 q). Row (b, i, h) lists the indices of the k highest-scoring allowed keys in
     descending score order (torch.topk; the order among equal scores is unspecified). With
     ``causal`` key j is allowed only if j <= i + Lk - Lq (bottom-right aligned); slots beyond the
-    number of allowed keys are -1. Queries are processed in chunks so that no score block exceeds
-    about CHUNK_ELEMENTS elements. Requires 1 <= k <= Lk.
+    number of allowed keys are -1. ``sorted=False`` lists the same keys in ascending index order
+    (-1 still at the end). Queries are processed in chunks so that no score block exceeds about
+    CHUNK_ELEMENTS elements. Requires 1 <= k <= Lk.
     """
     check_topk(q, codes, centroids, k)
     h, m, c, ds = centroids.shape
@@ -343,7 +350,14 @@ def pq_topk(q: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor, k: in
             keep = torch.arange(kk, device=q.device).unsqueeze(0) < n_allowed.unsqueeze(1)  # [n, kk]
             top = torch.where(keep.unsqueeze(0), top, torch.full_like(top, -1))
             out[bi, s:e, :, :kk] = top.transpose(0, 1).to(torch.int32)
-    return out
+    return out if sorted else ascending_keys(out)
+
+
+def ascending_keys(idx: torch.Tensor) -> torch.Tensor:
+    """The key indices of each row of idx in ascending order, the -1 slots still at the end."""
+    big = torch.iinfo(idx.dtype).max
+    srt = torch.where(idx < 0, torch.full_like(idx, big), idx).sort(dim=-1).values
+    return torch.where(srt == big, torch.full_like(srt, -1), srt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,9 +415,10 @@ def encode(x: torch.Tensor, codebook: Codebook) -> torch.Tensor:
     return pq_encode(x, _codebook("codebook", codebook))
 
 
-def topk(q: torch.Tensor, k_codes: torch.Tensor, codebook: Codebook, k: int, *, causal: bool = False) -> torch.Tensor:
+def topk(q: torch.Tensor, k_codes: torch.Tensor, codebook: Codebook, k: int, *, causal: bool = False,
+         sorted: bool = True) -> torch.Tensor:
     """int32 [B, Lq, H, k]: each query's k keys with the largest PQ inner product (see ``pq_topk``)."""
-    return pq_topk(q, k_codes, _codebook("codebook", codebook), k, causal)
+    return pq_topk(q, k_codes, _codebook("codebook", codebook), k, causal, sorted)
 
 
 def quantization_error(x: torch.Tensor, codebook: Codebook) -> float:
