@@ -1,6 +1,20 @@
-"""Timing shared by the A/B scripts (fwd_ab.py, bwd_ab.py): the median of CUDA-event times of
-`fn` after warm-up calls, in milliseconds."""
+"""What the A/B scripts (fwd_ab.py, bwd_ab.py) share: the median of CUDA-event times of `fn`
+after warm-up calls, in milliseconds, and a GNA block-sparse plan as the op takes it."""
+import math
+
 import torch
+
+from attnx.bench.cases import gna_plan
+
+
+def block_sparse_plan(spatial, kernel, stride, tile, device):
+    """(index [1, 1, T, n], count [1, 1, T], tokens, block, attended pairs) of the GNA plan."""
+    index_np, count_np, _ = gna_plan(spatial, kernel, stride, tile)
+    tokens, block = math.prod(spatial), math.prod(tile)
+    nt = index_np.shape[0]
+    index = torch.from_numpy(index_np).to(device).view(1, 1, nt, -1)
+    count = torch.from_numpy(count_np).to(device).view(1, 1, nt)
+    return index, count, tokens, block, int(count_np.sum()) * block * block
 
 
 def median_ms(fn, iters, warm):

@@ -6,14 +6,12 @@ package's). One line per case, prefixed by the label given as the first argument
 
 Run the variants interleaved in one device call (each in its own process) and compare there.
 """
-import math
 import sys
 
 import torch
 
 import attnx
-from ab_timing import median_ms  # scripts/ is on sys.path when a script runs
-from attnx.bench.cases import gna_plan
+from ab_timing import block_sparse_plan, median_ms  # scripts/ is on sys.path when a script runs
 
 dev = "cuda"
 dt = torch.bfloat16
@@ -60,16 +58,11 @@ def na(spatial, kernel, stride=None, h=16, d=128):
 
 
 def bs(spatial, kernel, stride, tile, h=16, d=128):
-    index_np, count_np, _ = gna_plan(spatial, kernel, stride, tile)
-    tokens, block = math.prod(spatial), math.prod(tile)
-    nt = index_np.shape[0]
-    index = torch.from_numpy(index_np).to(dev).view(1, 1, nt, -1)
-    count = torch.from_numpy(count_np).to(dev).view(1, 1, nt)
+    index, count, tokens, block, pairs = block_sparse_plan(spatial, kernel, stride, tile, dev)
     q, k, v, do = (rnd(1, tokens, h, d) for _ in range(4))
     out, lse = torch.ops.attnx.block_sparse_attention(q, k, v, index, count, block, block, None)
     ms = timeit(lambda: torch.ops.attnx.block_sparse_attention_backward(do, None, q, k, v, out, lse, index, count,
                                                                         block, block, None))
-    pairs = int(count_np.sum()) * block * block
     tf = 2.5 * 4 * h * d * pairs / ms / 1e9
     res.append((f"block-sparse {spatial} k{kernel} s{stride} tile{tile}", ms, tf))
 

@@ -5,15 +5,14 @@ a library (ATTNX_NATIVE_LIB) or a launcher knob (ATTNX_FWD_PERSISTENT=0 / 1):
 
     ATTNX_FWD_PERSISTENT=0 python scripts/fwd_ab.py per_tile; ATTNX_FWD_PERSISTENT=1 python scripts/fwd_ab.py persistent
 """
-import math
 import sys
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnx
-from ab_timing import median_ms  # scripts/ is on sys.path when a script runs
-from attnx.bench.cases import gna_plan, varlen_lengths
+from ab_timing import block_sparse_plan, median_ms  # scripts/ is on sys.path when a script runs
+from attnx.bench.cases import varlen_lengths
 
 dev, dt = "cuda", torch.bfloat16
 label = sys.argv[1] if len(sys.argv) > 1 else "?"
@@ -49,14 +48,9 @@ def varlen(n, max_len, h, d, causal):
 
 
 def block_sparse(spatial, kernel, stride, tile, h=16, d=128):
-    index_np, count_np, _ = gna_plan(spatial, kernel, stride, tile)
-    tokens, block = math.prod(spatial), math.prod(tile)
-    nt = index_np.shape[0]
-    index = torch.from_numpy(index_np).to(dev).view(1, 1, nt, -1)
-    count = torch.from_numpy(count_np).to(dev).view(1, 1, nt)
+    index, count, tokens, block, pairs = block_sparse_plan(spatial, kernel, stride, tile, dev)
     q, k, v = (torch.randn(1, tokens, h, d, device=dev, dtype=dt) for _ in range(3))
     ms = timeit(lambda: torch.ops.attnx.block_sparse_attention(q, k, v, index, count, block, block, None))
-    pairs = int(count_np.sum()) * block * block
     report(f"block-sparse {spatial} k{kernel} s{stride} tile{tile}", ms, 4 * h * d * pairs)
 
 

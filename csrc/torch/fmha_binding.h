@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "checks.h"
+#include "common/device_sms.h"
 #include "fmha/fmha_api.h"
 
 namespace attnx::binding {
@@ -25,9 +26,11 @@ inline void* current_stream(const char* op, const Tensor& t) {
   return stream;
 }
 
+// SM count of t's device (the launchers' cached query). Callers hold a DeviceGuard for that
+// device, so it is the current one.
 inline int num_sms(const Tensor& t) {
   int sms = 0;
-  STD_TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, t.get_device_index()) == cudaSuccess,
+  STD_TORCH_CHECK(t.get_device_index() >= 0 && current_device_sms(sms) == cudaSuccess,
                   "attnx: could not query the device's SM count");
   return sms;
 }

@@ -3,6 +3,7 @@
 // kernel's LUT rows are padded to 256 entries, so no code can make it read out of bounds.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <optional>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
