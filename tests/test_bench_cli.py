@@ -228,3 +228,19 @@ def test_document_mask_and_torch_mla():
     ref, _ = attnx.reference.mla_decode(q, cache, table, seqlens, head_dim_v=512)
     out = P.torch_mla_decode(q, cache, table, seqlens, 512, 576 ** -0.5)
     assert rel_err(out, ref) < 1e-10
+
+
+@pytest.mark.parametrize("peer", ["flash_mla", "flashinfer"])
+def test_mla_optional_peer_that_does_not_import_is_not_available(peer):
+    # Installed packages are used; absent or broken ones must become a NotAvailable row, not a crash.
+    import importlib
+    import importlib.util
+    from attnx.bench.common import NotAvailable
+    module = {"flash_mla": "flash_mla", "flashinfer": "flashinfer"}[peer]
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    cases = importlib.import_module("attnx.bench.cases.mla")
+    impl = (cases._flash_mla_peer(None, 16, 1) if peer == "flash_mla"
+            else cases._flashinfer_mla_peer(None, [64, 64], 16, 1))
+    with pytest.raises(NotAvailable, match="does not import"):
+        impl.setup(None)

@@ -6,7 +6,7 @@ import torch
 import attnx
 
 from .. import peers as P
-from ..common import Case, Ctx, Impl, randn
+from ..common import Case, Ctx, Impl, NotAvailable, randn
 from ._helpers import _attnx_impl
 
 # The issue's cases. Memory-bound: s_q = 1 with 16-64 heads reads each cache byte once for few FLOPs
@@ -126,18 +126,21 @@ def _mla_optional_peers(ctx, lens, hq, sq) -> list:
     return out
 
 
+def _import_setup(mod, key, what, load):
+    """An Impl setup that imports an optional peer (mod[key] = load()), or marks it not available."""
+    def setup(_):
+        try:
+            mod[key] = load()
+        except Exception as e:  # noqa: BLE001
+            raise NotAvailable(f"{what} does not import ({type(e).__name__}: {e})")
+    return setup
+
+
 def _flash_mla_peer(ctx, hq, sq) -> Impl:
     """deepseek-ai/FlashMLA's flash_mla_with_kvcache on the set's own cache and block table. Its plan
     (get_mla_metadata; newer versions build it lazily on the first call) is made in prepare, untimed."""
-    from .common import NotAvailable
     mod = {}
-
-    def setup(_):
-        try:
-            import flash_mla
-        except Exception as e:  # noqa: BLE001
-            raise NotAvailable(f"flash_mla does not import ({type(e).__name__}: {e})")
-        mod["m"] = flash_mla
+    setup = _import_setup(mod, "m", "flash_mla", lambda: __import__("flash_mla"))
 
     def run(a):
         return mod["m"].flash_mla_with_kvcache(a["q"], a["kv_cache"], a["block_table"], a["cache_seqlens"], MLA_DV,
@@ -155,16 +158,14 @@ def _flash_mla_peer(ctx, hq, sq) -> Impl:
 def _flashinfer_mla_peer(ctx, lens, hq, sq) -> Impl:
     """flashinfer.mla.BatchMLAPagedAttentionWrapper: planned per input set in prepare (untimed), on
     contiguous copies of the cache's latent (512) and rope (64) columns, as FlashInfer lays them out."""
-    from .common import NotAvailable
     b = len(lens)
     mod = {}
 
-    def setup(_):
-        try:
-            from flashinfer.mla import BatchMLAPagedAttentionWrapper
-        except Exception as e:  # noqa: BLE001
-            raise NotAvailable(f"flashinfer.mla does not import ({type(e).__name__}: {e})")
-        mod["wrapper"] = BatchMLAPagedAttentionWrapper
+    def load():
+        from flashinfer.mla import BatchMLAPagedAttentionWrapper
+        return BatchMLAPagedAttentionWrapper
+
+    setup = _import_setup(mod, "wrapper", "flashinfer.mla", load)
 
     def prepare(s):
         dev, kv, seqlens = ctx.device, s["kv_cache"], s["cache_seqlens"]
