@@ -9,12 +9,12 @@ from the environment (e.g. ATTNX_MLA_PDL) are compared by running this script on
 """
 import argparse
 import json
-import os
 
 import torch
 
 import attnx
-from attnx.bench.cases.mla import MLA_DQK, MLA_DV, MLA_HK, MLA_PAGE, mla_skew_lengths
+from attnx.bench.cases import mla_block_table, mla_skew_lengths
+from attnx.bench.cases.mla import MLA_DQK, MLA_DV, MLA_HK, MLA_PAGE
 
 SKEWED, EVEN = mla_skew_lengths(32768, 127, 256)
 CASES = {  # name: (lengths, Hq, s_q)
@@ -31,14 +31,9 @@ CASES = {  # name: (lengths, Hq, s_q)
 
 def make(lens, hq, sq, dtype=torch.bfloat16, seed=0):
     g = torch.Generator(device="cuda").manual_seed(seed)
-    b = len(lens)
-    pages = [-(-n // MLA_PAGE) for n in lens]
-    num_blocks, max_pages = sum(pages), max(pages)
-    table = torch.zeros((b, max_pages), dtype=torch.int32, device="cuda")
-    used = torch.arange(max_pages, device="cuda")[None, :] < torch.tensor(pages, device="cuda")[:, None]
-    table[used] = torch.randperm(num_blocks, device="cuda", generator=g).to(torch.int32)
-    seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
-    q = torch.randn((b, sq, hq, MLA_DQK), device="cuda", dtype=dtype, generator=g)
+    table, seqlens = mla_block_table(lens, "cuda", generator=g)
+    num_blocks = sum(-(-n // MLA_PAGE) for n in lens)
+    q = torch.randn((len(lens), sq, hq, MLA_DQK), device="cuda", dtype=dtype, generator=g)
     kv = torch.randn((num_blocks, MLA_PAGE, MLA_HK, MLA_DQK), device="cuda", dtype=dtype, generator=g)
     meta = attnx.mla_decode_metadata(seqlens, hq, MLA_HK, sq)
     return q, kv, table, seqlens, meta
@@ -68,14 +63,13 @@ def gpu_us(lens, hq, sq, calls, iters):
         b.record()
         b.synchronize()
         ts.append(a.elapsed_time(b) * 1000.0 / calls)
-    ts.sort()
+    us = sorted(ts)[len(ts) // 2]
     # Check the graph's output against a direct call: a variant that breaks results must not time well.
     ref = run()
     err = (out[0].float() - ref[0].float()).abs().max().item()
-    cache_bytes = sum(lens) * MLA_HK * MLA_DQK * 2
-    io = len(lens) * sq * hq * (MLA_DQK * 2 + MLA_DV * 2 + 4)
-    return ts[len(ts) // 2], (cache_bytes + io) / (ts[len(ts) // 2] * 1e-6) / 1e9, \
-        2.0 * hq * sq * sum(lens) * (MLA_DQK + MLA_DV) / (ts[len(ts) // 2] * 1e-6) / 1e12, err
+    nbytes = sum(lens) * MLA_HK * MLA_DQK * 2 + len(lens) * sq * hq * (MLA_DQK * 2 + MLA_DV * 2 + 4)
+    flops = 2.0 * hq * sq * sum(lens) * (MLA_DQK + MLA_DV)
+    return us, nbytes / us / 1e3, flops / us / 1e6, err
 
 
 def main():
@@ -83,7 +77,7 @@ def main():
     ap.add_argument("--cases", nargs="*", default=list(CASES))
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--label", default=os.environ.get("AB_LABEL", ""))
+    ap.add_argument("--label", default="")
     ap.add_argument("--json")
     args = ap.parse_args()
     rows = []

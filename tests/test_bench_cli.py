@@ -244,3 +244,14 @@ def test_mla_optional_peer_that_does_not_import_is_not_available(peer):
             else cases._flashinfer_mla_peer(None, [64, 64], 16, 1))
     with pytest.raises(NotAvailable, match="does not import"):
         impl.setup(None)
+
+
+def test_mla_block_table_uses_every_page_once():
+    from attnx.bench.cases import mla_block_table
+    lens = [0, 1, 64, 65, 300]
+    table, seqlens = mla_block_table(lens, "cpu", generator=torch.Generator().manual_seed(1))
+    pages = [-(-n // 64) for n in lens]
+    assert seqlens.tolist() == lens and table.shape == (len(lens), max(pages)) and table.dtype == torch.int32
+    used = torch.cat([table[b, :p] for b, p in enumerate(pages)])
+    assert sorted(used.tolist()) == list(range(sum(pages)))
+    assert all((table[b, p:] == 0).all() for b, p in enumerate(pages))

@@ -8,12 +8,12 @@ mla, pq, ceilings), as the tests are laid out; a family's forward and backward c
 from .ceilings import ceilings
 from .dense import dense, dense_bwd
 from .gna import gna, gna_bwd, gna_paper, gna_paper_bwd, gna_plan
-from .mla import mla, mla_skew_lengths
+from .mla import mla, mla_block_table, mla_skew_lengths
 from .neighborhood import neighborhood, neighborhood_bwd
 from .pq import clustered_qk, pq_recall, pq_sparse, random_key_lists
 from .varlen import mean_fraction_lengths, unpad_pad, varlen, varlen_bwd, varlen_lengths
 
-__all__ = ["FAMILIES", "clustered_qk", "gna_plan", "mean_fraction_lengths", "mla_skew_lengths", "pq_recall",
+__all__ = ["FAMILIES", "clustered_qk", "gna_plan", "mean_fraction_lengths", "mla_block_table", "mla_skew_lengths", "pq_recall",
            "random_key_lists", "varlen_lengths"]
 
 FAMILIES = {

@@ -56,6 +56,18 @@ def mla_skew_lengths(long_len: int, n_short: int, short: int) -> tuple:
     return skewed, even
 
 
+def mla_block_table(lens, device, generator=None):
+    """(block_table int32 [B, max pages], cache_seqlens int32 [B]) for sequences of the given lengths
+    over a cache of sum(pages) pages: every page used once, in random order; entries past a
+    sequence's pages hold page 0."""
+    pages = [-(-n // MLA_PAGE) for n in lens]
+    max_pages = max(max(pages, default=0), 1)
+    table = torch.zeros((len(lens), max_pages), dtype=torch.int32, device=device)
+    used = torch.arange(max_pages)[None, :] < torch.tensor(pages, dtype=torch.long)[:, None]
+    table[used.to(device)] = torch.randperm(sum(pages), device=device, generator=generator).to(torch.int32)
+    return table, torch.tensor(lens, dtype=torch.int32, device=device)
+
+
 def _mla_case(ctx, lens, hq, sq, *, name, primary="bytes", note="", extra=None):
     """attnx.mla_decode over a paged cache holding sequences of the given lengths (pages in random
     order; block-table entries past a sequence's pages hold page 0, which the gather peer reads and
@@ -63,18 +75,14 @@ def _mla_case(ctx, lens, hq, sq, *, name, primary="bytes", note="", extra=None):
     plus q, out and lse; FLOPs 2 * (576 + 512) per (query row, key) pair."""
     b = len(lens)
     pages = [-(-n // MLA_PAGE) for n in lens]
-    num_blocks, max_pages, total = sum(pages), max(max(pages), 1), sum(lens)
+    num_blocks, total = sum(pages), sum(lens)
     item = ctx.dtype.itemsize
     cache_bytes = total * MLA_HK * MLA_DQK * item
     io_bytes = b * sq * hq * (MLA_DQK * item + MLA_DV * item + 4)  # q in; out and float32 lse back
-    used = torch.arange(max_pages)[None, :] < torch.tensor(pages)[:, None]  # [B, max_pages]: the pages in use
     check = sorted(set(range(min(4, b))) | set(range(max(0, b - 4), b)))  # first and last sequences
 
     def make_set(i):
-        dev = ctx.device
-        table = torch.zeros((b, max_pages), dtype=torch.int32, device=dev)
-        table[used.to(dev)] = torch.randperm(num_blocks, device=dev).to(torch.int32)
-        seqlens = torch.tensor(lens, dtype=torch.int32, device=dev)
+        table, seqlens = mla_block_table(lens, ctx.device)
         s = {"q": randn((b, sq, hq, MLA_DQK), ctx),
              "kv_cache": randn((num_blocks, MLA_PAGE, MLA_HK, MLA_DQK), ctx),
              "block_table": table, "cache_seqlens": seqlens}
