@@ -80,8 +80,11 @@ for name in sorted(_native.instances()):
     if not name.startswith("mla_decode") or NA_BWD_ONLY or BWD_ONLY:
         continue
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name.split("_")[2]]
-    # lengths: empty, partial page, page boundary +1, two pages; 2 query blocks (Hq 128) too
-    for lens, sq, hq, causal in [([0, 65, 130], 2, 16, True), ([1, 64], 1, 128, False)]:
+    # lengths: empty, partial page, page boundary +1, two pages; 2 query blocks (Hq 128) too; a
+    # skewed batch, whose parts walk several pieces (the query-block hand-off) and split the long one
+    skewed = [4000] + [0, 1, 63, 64, 65, 130] * 40
+    for lens, sq, hq, causal in [([0, 65, 130], 2, 16, True), ([1, 64], 1, 128, False), (skewed, 1, 64, False),
+                                 (skewed, 2, 64, True)]:
         pages = [-(-n // 64) for n in lens]
         kv = torch.randn(sum(pages) + 1, 64, 1, 576, device="cuda", dtype=dtype)
         table = torch.full((len(lens), max(pages)), -1, dtype=torch.int32, device="cuda")

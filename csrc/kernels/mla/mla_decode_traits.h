@@ -32,6 +32,11 @@ struct MlaDecodeTraits {
   static constexpr int kNumThreads = kNumMmaThreads + 128;
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
+  // setmaxnreg only moves registers within the pool the CTA was launched with (__launch_bounds__
+  // (384, 1): 168 per thread). A split that asks for more than the pool makes the consumers'
+  // setmaxnreg.inc wait forever (seen 2026-12-07: 32 producer registers hung every CTA).
+  static_assert(128 * kProducerRegs + kNumMmaThreads * kConsumerRegs == kNumThreads * 168,
+                "warpgroup register split must equal the launch allocation");
 
   using _D = Int<kHeadDim>;
   using _DV = Int<kHeadDimV>;
