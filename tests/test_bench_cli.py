@@ -41,6 +41,33 @@ def test_dense_quick_writes_json(tmp_path, capsys):
     assert "B1 L128 H2 D64" in out or HAS_CUDA  # the table was printed
 
 
+def test_json_keeps_finished_cases_of_a_stopped_run(tmp_path, monkeypatch):
+    """A run stopped by a time limit (here: interrupted in its second case) leaves the first case's
+    rows in the JSON, marked incomplete; a finished run marks it complete."""
+    import attnx.bench as B
+
+    real, calls = B.run_case, []
+
+    def stop_on_second(ctx, case):
+        calls.append(case.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(ctx, case)
+
+    monkeypatch.setattr(B, "run_case", stop_on_second)
+    path = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--family", "dense", "--quick", "--json", str(path), "--no-progress"])
+    data = json.loads(path.read_text())
+    assert data["meta"]["complete"] is False
+    assert {r["case"] for r in data["rows"]} == {calls[0]}
+    assert any(r["kind"] == "attnx" and r["ms"] > 0 for r in data["rows"])
+
+    monkeypatch.setattr(B, "run_case", real)
+    assert main(["--family", "dense", "--quick", "--json", str(path), "--no-progress"]) == 0
+    assert json.loads(path.read_text())["meta"]["complete"] is True
+
+
 def test_case_filter_runs_only_matching_cases(tmp_path, capsys):
     path = tmp_path / "bench.json"
     rc = main(["--family", "gna", "--case", "block-sparse 2d", "--quick", "--json", str(path), "--no-progress"])

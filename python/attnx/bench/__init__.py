@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "checked against attnx.reference")
     p.add_argument("--family", action="extend", nargs="+", default=None, metavar="F",
                    help=f"families to run (default: all): {', '.join(FAMILIES)}")
-    p.add_argument("--json", metavar="PATH", help="write all rows and metadata as JSON")
+    p.add_argument("--json", metavar="PATH", help="write all rows and metadata as JSON (rewritten after every "
+                   "case with meta.complete false, so a run stopped early keeps its finished cases)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--case", action="extend", nargs="+", default=None, metavar="TEXT",
                    help="run only the cases whose name contains one of these strings (see --list)")
@@ -147,6 +148,17 @@ def main(argv=None) -> int:
         print(NO_GPU_NOTICE)
 
     rows = []
+
+    def save_partial():
+        # With --json, the rows so far after every case (meta "complete": false): a run stopped by a
+        # time limit (the table is printed only at the end) still leaves the cases that finished.
+        if args.json:
+            try:
+                write_json(args.json, finalize(rows, ctx.ceilings), {**_meta(ctx, argv, families), "complete": False},
+                           ctx.ceilings)
+            except Exception:  # noqa: BLE001  (the final write reports the error)
+                pass
+
     for fam in families:
         fn, _ = FAMILIES[fam]
         try:
@@ -163,6 +175,7 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001  (run_case catches per impl; this is a last resort)
                 rows.append({"family": fam, "case": case.name, "impl": "attnx", "kind": "attnx", "status": "error",
                              "device": ctx.device.type, "note": f"error: {type(e).__name__}: {e}"})
+            save_partial()
     finalize(rows, ctx.ceilings)
 
     print()
@@ -188,7 +201,7 @@ def main(argv=None) -> int:
 
     if args.json:
         try:
-            write_json(args.json, rows, _meta(ctx, argv, families), ctx.ceilings)
+            write_json(args.json, rows, {**_meta(ctx, argv, families), "complete": True}, ctx.ceilings)
             print(f"wrote {args.json}")
         except Exception as e:  # noqa: BLE001
             print(f"could not write {args.json}: {type(e).__name__}: {e}")
