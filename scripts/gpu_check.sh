@@ -9,6 +9,14 @@
 #   5. with --wheel [PATH]: the wheel (default: the newest dist/*.whl) installed into a fresh venv,
 #      checked (tests/test_wheel.py) and the GPU tests run against it, away from the source tree.
 #   scripts/gpu_check.sh [--no-bench] [--no-tests] [--no-sanitizers] [--bench-args "..."] [--wheel [PATH]]
+#                        [--tests "FILES"] [--kernels SUBSTR]
+# Scoped to one family (fits one device command, e.g. after a change to one kernel family):
+#   --tests "tests/test_gpu_mla.py"  runs only these test files;
+#   --kernels mla_                   runs the sanitizers on the kernels whose names contain it only
+#                                    (memcheck over scripts/sanitize_cases.py, racecheck over its
+#                                    forward cases; the bench/cpp memcheck and the NA-backward
+#                                    racecheck only when the substring names their kernels).
+#   e.g. scripts/gpu_check.sh --tests tests/test_gpu_mla.py --kernels mla_ --bench-args "--family ceilings mla"
 # A full run (tests, then the sanitizers with the racechecks) takes longer than one 600 s device
 # command: run `--no-bench --no-sanitizers` for the tests, then `--no-tests` for the sanitizers and the bench.
 set -u
@@ -21,8 +29,12 @@ TESTS=1
 SANITIZERS=1
 BENCH_ARGS="--quick"
 WHEEL=""
+TEST_FILES=""
+KERNELS=attnx
 while [ $# -gt 0 ]; do
   case "$1" in
+    --tests) TEST_FILES="$2"; shift ;;
+    --kernels) KERNELS="$2"; shift ;;
     --no-bench) BENCH=0 ;;
     --no-tests) TESTS=0 ;;
     --no-sanitizers) SANITIZERS=0 ;;
@@ -53,7 +65,11 @@ python3 -c "import attnx, json; i = attnx.info(); print(json.dumps(i, indent=1, 
 note "native: $(python3 -c "import attnx; i = attnx.info(); print(i['native_library'] and 'loaded', i['native_instances'], i['native_error'] or '')" 2>&1 | tail -1)"
 
 # 2. tests
-if [ "$TESTS" = 1 ]; then
+if [ "$TESTS" = 1 ] && [ -n "$TEST_FILES" ]; then
+  # shellcheck disable=SC2086  (a list of files)
+  python3 -m pytest -q -p no:cacheprovider $TEST_FILES > "$OUT/pytest_gpu.log" 2>&1
+  note "pytest $TEST_FILES: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest_gpu.log" | tail -1)"
+elif [ "$TESTS" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
   note "pytest: rc=$? $(grep -E '(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
   python3 -m pytest -q -p no:cacheprovider tests/test_gpu_attention.py tests/test_gpu_varlen.py tests/test_gpu_mla.py tests/test_gpu_block_sparse.py tests/test_gpu_neighborhood.py tests/test_gpu_sparse.py tests/test_gpu_pq.py > "$OUT/pytest_gpu.log" 2>&1
@@ -64,16 +80,18 @@ fi
 if [ "$SANITIZERS" = 0 ]; then
   :
 elif command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 --kernel-name kns=attnx python3 scripts/sanitize_cases.py \
+  compute-sanitizer --tool memcheck --error-exitcode 9 --kernel-name kns="$KERNELS" python3 scripts/sanitize_cases.py \
     > "$OUT/memcheck_py.log" 2>&1
-  note "memcheck (python, attnx kernels): rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_py.log" | tail -1)"
-  compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=attnx python3 scripts/sanitize_cases.py \
+  note "memcheck (python, kernels matching $KERNELS): rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_py.log" | tail -1)"
+  compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns="$KERNELS" python3 scripts/sanitize_cases.py \
     --forward-only > "$OUT/racecheck_py.log" 2>&1
-  note "racecheck (python, forward kernels): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_py.log" | tail -1)"
-  compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=na_bwd_kernel python3 scripts/sanitize_cases.py \
-    --na-backward-only > "$OUT/racecheck_na_bwd.log" 2>&1
-  note "racecheck (python, NA backward, bf16): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_na_bwd.log" | tail -1)"
-  if [ -x build/native/attnx_bench ]; then
+  note "racecheck (python, forward kernels matching $KERNELS): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_py.log" | tail -1)"
+  case "$KERNELS:na_bwd_kernel" in attnx:*|*:*"$KERNELS"*)
+    compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns=na_bwd_kernel python3 scripts/sanitize_cases.py \
+      --na-backward-only > "$OUT/racecheck_na_bwd.log" 2>&1
+    note "racecheck (python, NA backward, bf16): rc=$? $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_na_bwd.log" | tail -1)" ;;
+  esac
+  if [ -x build/native/attnx_bench ] && [ "$KERNELS" = attnx ]; then
     compute-sanitizer --tool memcheck --error-exitcode 9 build/native/attnx_bench --batch 1 --seqlen 333 --heads 3 --heads-k 1 \
       --causal --warmup 1 --iters 1 > "$OUT/memcheck_cpp.log" 2>&1 \
       && compute-sanitizer --tool memcheck --error-exitcode 9 build/native/attnx_bench --batch 2 --heads 3 --heads-k 1 \
@@ -86,7 +104,7 @@ fi
 
 # 4. bench smoke
 if [ "$BENCH" = 1 ]; then
-  if [ -x build/native/attnx_bench ]; then
+  if [ -x build/native/attnx_bench ] && [ "$KERNELS" = attnx ]; then  # dense and NA configurations
     for args in "--seqlen 8192 --dim 128" "--seqlen 8192 --dim 128 --causal" "--seqlen 8192 --dim 64" \
                 "--batch 1 --na-spatial 128,128 --na-kernel 31,31" "--batch 1 --na-spatial 16,64,64 --na-kernel 8,16,16"; do
       build/native/attnx_bench --batch 4 --heads 16 $args >> "$OUT/bench_cpp.log" 2>&1
