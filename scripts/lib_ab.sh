@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # A/B of native libraries built elsewhere and carried to the GPU machine, in one device command:
-# each candidate's GPU tests and sanitizers first, then the timing script once per library per
-# round, interleaved (base, cand1, cand2, base, ...), so every comparison is inside one run on one
-# machine. Libraries may be xz-compressed (a full library is ~27 MB, ~6.7 MB as .xz; the device
-# tool carries 64 MiB and brings back 8 files: logs go into one logs.tgz).
+# each candidate's check first (scripts/gpu_check.sh scoped by --tests / --kernels: its GPU tests
+# and sanitizers), then the timing script once per library per round, interleaved (base, cand1,
+# cand2, base, ...), so every comparison is inside one run on one machine. Libraries may be
+# xz-compressed (a full library is ~27 MB, ~6.7 MB as .xz; the device tool carries 64 MiB and
+# brings back 8 files: logs go into one logs.tgz).
 #
 #   scripts/lib_ab.sh --lib base=.carry/base.so.xz --lib v4=.carry/v4.so.xz \
 #       --tests tests/test_gpu_mla.py --kernels mla_ \
 #       --ab "python3 scripts/mla_ab.py --cases skew even --label {label}" [--rounds 2] \
 #       [--env "v4pdl=v4:ATTNX_MLA_PDL=1"]
 #
-# The first --lib is the baseline (timed, not tested). --env NAME=LIB:VAR=VALUE adds a timed variant
-# of LIB with an environment setting. {label} in the timing command becomes the library's (or the
-# variant's) name (`scripts/fwd_ab.py {label}`, `scripts/mla_ab.py --label {label}`); its result lines
-# (those with " us " or " ms ") are collected into summary.txt, sorted stably by their second field. Steps have timeouts; a hung candidate is reported
-# and skipped, and the rest still runs.
+# The first --lib is the baseline (timed, not checked). --env NAME=LIB:VAR=VALUE adds a timed
+# variant of LIB with an environment setting. {label} in the timing command becomes the library's
+# (or the variant's) name (`scripts/fwd_ab.py {label}`, `scripts/mla_ab.py --label {label}`); its
+# result lines (those with " us " or " ms ") are collected into summary.txt, sorted stably by their
+# second field. Steps have timeouts; a candidate whose check hangs is reported and not timed.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -58,22 +59,17 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version 
 
 declare -A HUNG
 for i in "${!NAMES[@]}"; do
-  [ "$i" -eq 0 ] && continue  # the baseline is main's library: tested where it landed
+  [ "$i" -eq 0 ] && continue  # the baseline is main's library: checked where it landed
   name=${NAMES[$i]}
-  export ATTNX_NATIVE_LIB=${PATHS[$i]}
-  if [ -n "$TESTS" ]; then
-    # shellcheck disable=SC2086  (a list of files)
-    step "pytest_$name" 300 python3 -m pytest -q -p no:cacheprovider $TESTS
-    if [ "$LAST_RC" = 124 ] || [ "$LAST_RC" = 137 ]; then HUNG[$name]=1; note "$name: tests timed out, not timed"; continue; fi
-  fi
-  if [ -n "$KERNELS" ] && command -v compute-sanitizer > /dev/null; then
-    step "memcheck_$name" 200 compute-sanitizer --tool memcheck --error-exitcode 9 --kernel-name kns="$KERNELS" \
-      python3 scripts/sanitize_cases.py
-    step "racecheck_$name" 200 compute-sanitizer --tool racecheck --error-exitcode 9 --kernel-name kns="$KERNELS" \
-      python3 scripts/sanitize_cases.py --forward-only
-  fi
+  # The candidate's check is scripts/gpu_check.sh scoped to the family (its summary lines are the
+  # ones to quote); no bench there: the timing below is the comparison.
+  args=(--no-bench)
+  if [ -n "$TESTS" ]; then args+=(--tests "$TESTS"); else args+=(--no-tests); fi
+  if [ -n "$KERNELS" ]; then args+=(--kernels "$KERNELS"); else args+=(--no-sanitizers); fi
+  step "gpu_check_$name" 500 env ATTNX_NATIVE_LIB="${PATHS[$i]}" OUT="$LOG/gpu_check_$name" bash scripts/gpu_check.sh "${args[@]}"
+  sed -n '/gpu_check summary/,$p' "$LOG/gpu_check_$name.log" | sed 1d | sed "s/^/  $name: /" >> "$S"
+  if [ "$LAST_RC" = 124 ] || [ "$LAST_RC" = 137 ]; then HUNG[$name]=1; note "$name: its check timed out, not timed"; fi
 done
-unset ATTNX_NATIVE_LIB
 
 if [ -n "$AB" ]; then
   for r in $(seq 1 "$ROUNDS"); do

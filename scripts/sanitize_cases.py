@@ -81,7 +81,7 @@ for name in sorted(_native.instances()):
         continue
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[name.split("_")[2]]
     # lengths: empty, partial page, page boundary +1, two pages; 2 query blocks (Hq 128) too; a
-    # skewed batch, whose parts walk several pieces (the query-block hand-off) and split the long one
+    # skewed batch, whose parts walk several pieces and split the long one over many (the combine)
     skewed = [4000] + [0, 1, 63, 64, 65, 130] * 40
     for lens, sq, hq, causal in [([0, 65, 130], 2, 16, True), ([1, 64], 1, 128, False), (skewed, 1, 64, False),
                                  (skewed, 2, 64, True)]:
