@@ -1,8 +1,9 @@
 // The block-sparse backward's iteration space. The forward lists, per forward Q tile (bs_q_block
 // rows), the KV tiles it visits; the backward's CTA owns a KV tile and needs the transpose: the
 // 64-row backward Q tiles whose forward tile lists it. A light kernel builds those lists before
-// the main kernel (one thread per (index batch, index head, KV tile), scanning the forward lists
-// in order, so every list is sorted and the dK/dV sums are deterministic).
+// the main kernel (one warp per (index batch, index head, KV tile), its lanes over 32 forward Q
+// tiles at a time and a prefix sum placing their entries, so every list is sorted and the dK/dV
+// sums are deterministic).
 //
 // bs_lists layout, per list set s = index batch * index heads + index head and KV tile n:
 //   counts: bs_lists[s * kv_tiles + n];
@@ -29,30 +30,42 @@ struct BsListShape {
   __host__ __device__ int* tiles(int* lists) const { return lists + (int64_t)sets() * kv_tiles; }
 };
 
-// grid (ceil(kv_tiles / 128), sets), 128 threads; kBlockN: the KV tile (the launcher checks that
-// the forward's kv_block is it). Entries are clamped like the forward's (KvTileList), and a list
-// never exceeds its capacity, so malformed input cannot write out of bounds.
+// grid (ceil(kv_tiles / 4), sets), 128 threads: a warp per KV tile (one thread per KV tile scanned
+// every forward list serially: 0.6 ms of a 6.8 ms backward for 512 x 512 tiles, measured);
+// kBlockN: the KV tile (the launcher checks that the forward's kv_block is it). Entries are clamped
+// like the forward's (KvTileList), and a list never exceeds its capacity, so malformed input
+// cannot write out of bounds.
 template <int kBlockN>
 __global__ void __launch_bounds__(128) block_sparse_transpose_kernel(const FmhaBwdParams p) {
   const BsListShape sh(p);
-  const int n = blockIdx.x * 128 + threadIdx.x, set = blockIdx.y;
-  if (n >= sh.kv_tiles) return;
+  const int n = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x % 32, set = blockIdx.y;
+  if (n >= sh.kv_tiles) return;  // whole warps leave (n is the warp's)
   const int b = set / sh.sets_h, h = set % sh.sets_h;
   const int* index = p.kv_block_index + b * p.bs_index_batch_stride + h * p.bs_index_head_stride;
   const int* count = p.kv_block_count + b * p.bs_count_batch_stride + h * p.bs_count_head_stride;
   int* list = sh.tiles(p.bs_lists) + ((int64_t)set * sh.kv_tiles + n) * sh.m_tiles;
   int len = 0;
-  for (int t = 0; t < sh.q_tiles; ++t) {
-    const int c = min(max(count[t * p.bs_count_tile_stride], 0), p.bs_max_count);
+  for (int t0 = 0; t0 < sh.q_tiles; t0 += 32) {
+    const int t = t0 + lane;
     bool listed = false;
-    for (int i = 0; i < c; ++i) listed = listed || min(max(index[t * p.bs_index_tile_stride + i], 0), sh.kv_tiles - 1) == n;
-    if (!listed) continue;
-    for (int s = 0; s < sh.sub; ++s) {
-      const int m = t * sh.sub + s;
-      if (m < sh.m_tiles && len < sh.m_tiles) list[len++] = m;
+    if (t < sh.q_tiles) {
+      const int c = min(max(count[t * p.bs_count_tile_stride], 0), p.bs_max_count);
+      for (int i = 0; i < c; ++i) listed = listed || min(max(index[t * p.bs_index_tile_stride + i], 0), sh.kv_tiles - 1) == n;
     }
+    // Forward tile t holds backward tiles t * sub .. (the last one may hold fewer: m < m_tiles).
+    const int mine = listed ? min(sh.sub, sh.m_tiles - t * sh.sub) : 0;
+    int before = mine;  // inclusive prefix sum over the lanes, then exclusive
+    for (int o = 1; o < 32; o *= 2) {
+      const int x = __shfl_up_sync(0xffffffff, before, o);
+      if (lane >= o) before += x;
+    }
+    const int total = __shfl_sync(0xffffffff, before, 31);
+    before -= mine;
+    for (int s = 0; s < mine; ++s)
+      if (len + before + s < sh.m_tiles) list[len + before + s] = t * sh.sub + s;
+    len = min(len + total, sh.m_tiles);
   }
-  sh.counts(p.bs_lists)[(int64_t)set * sh.kv_tiles + n] = len;
+  if (lane == 0) sh.counts(p.bs_lists)[(int64_t)set * sh.kv_tiles + n] = len;
 }
 
 // The walk of one KV tile: for each query head of the group, its listed backward Q tiles.

@@ -21,17 +21,16 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
   const int rows_q = packed ? p.total_q : p.seqlen_q, rows_k = packed ? p.total_k : p.seqlen_k;
   const int batches = packed ? 1 : p.batch;
   if (p.batch == 0 || p.num_heads_q == 0 || (rows_q == 0 && rows_k == 0)) return Status::kSuccess;
-  const int64_t row_blocks = round_up_rows(p.seqlen_q) / 8, num_n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+  const int64_t row_blocks = round_up_rows(p.seqlen_q) / kPrepostRowsPerBlock, num_n_blocks = (p.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
   if (row_blocks == 0 || num_n_blocks == 0 || p.num_heads_q > 65535 || p.workspace == nullptr ||
       p.ws_rows < fmha_bwd_ws_rows(p) ||
       row_blocks * p.batch >= (1LL << 31) || num_n_blocks * p.batch >= (1LL << 31))
     return Status::kInvalidArgument;
   if (rows_q == 0 || rows_k == 0) return Status::kUnsupported;  // the caller fills zeros (no TMA on empty tensors)
 
-  // grid.x = (batch, block of 8 rows); the batch is not a grid dimension (65535 limit).
+  // grid.x = (batch, block of kPrepostRowsPerBlock rows); the batch is not a grid dimension (65535
+  // limit). The preprocess also zeroes the dq_accum rows the main kernel adds to (no memset).
   const dim3 pre_grid((unsigned)(row_blocks * p.batch), p.num_heads_q);
-  if (cudaMemsetAsync(p.workspace, 0, sizeof(float) * p.ws_rows * p.num_heads_q * p.head_dim, stream) != cudaSuccess)
-    return Status::kCudaError;
   fmha_bwd_preprocess_kernel<Element, Traits::kHeadDim><<<pre_grid, 256, 0, stream>>>(p);
 
   using Gmem = typename Traits::Gmem;
@@ -60,7 +59,7 @@ Status run_fmha_bwd(const FmhaBwdParams& p, cudaStream_t stream) {
       return Status::kUnsupported;
     const BsListShape sh(p);
     if (sh.sets() > 65535) return Status::kInvalidArgument;
-    const dim3 lists_grid((unsigned)((sh.kv_tiles + 127) / 128), (unsigned)sh.sets());
+    const dim3 lists_grid((unsigned)((sh.kv_tiles + 3) / 4), (unsigned)sh.sets());  // a warp per KV tile
     block_sparse_transpose_kernel<Traits::kBlockN><<<lists_grid, 128, 0, stream>>>(p);
   }
   auto kernel = block_sparse ? fmha_bwd_kernel<Traits, true> : fmha_bwd_kernel<Traits, false>;

@@ -1,7 +1,7 @@
 // Combine of split sequences: the pieces' normalised partial outputs O_i and lse_i merge exactly
 // as out = sum_i exp(lse_i - lse) O_i with lse = log sum_i exp(lse_i).
 //
-// One block per query row, one float4 of the row per thread. Sequences with a single piece were
+// One block per query row, four values of the row per thread. Sequences with a single piece were
 // written by the decode kernel and are skipped here. A long sequence among short ones is cut into
 // many pieces (one per SM it spreads over): the loops over pieces are unrolled so that several
 // pieces' loads are in flight at once (one dependent load per piece would make the combine
@@ -29,7 +29,8 @@ __global__ void __launch_bounds__(MlaCombineShape<kHeadDimV>::kThreads)
   if (n <= 1) return;
   auto acc_row = [&](int i) { return ((int64_t)(first + i) * p.num_heads_k + head_k) * rows + row; };
   const float* __restrict__ lse_accum = p.lse_accum;
-  const float4* __restrict__ o_accum = reinterpret_cast<const float4*>(p.o_accum);
+  using Quad = cutlass::AlignedArray<Element, 4>;  // this thread's 4 values of a partial row (mla_params.h)
+  const Quad* __restrict__ o_accum = static_cast<const Quad*>(p.o_accum);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __shared__ float weight[32];
   __shared__ float row_lse;
@@ -60,8 +61,8 @@ __global__ void __launch_bounds__(MlaCombineShape<kHeadDimV>::kThreads)
 #pragma unroll 16
       for (int j = 0; j < count; ++j) {
         const float w = weight[j];  // 0 for an empty piece (lse_i = -inf)
-        const float4 v = o_accum[acc_row(base + j) * (kHeadDimV / 4) + threadIdx.x];
-        acc.x += w * v.x, acc.y += w * v.y, acc.z += w * v.z, acc.w += w * v.w;
+        const Quad v = o_accum[acc_row(base + j) * (kHeadDimV / 4) + threadIdx.x];
+        acc.x += w * float(v[0]), acc.y += w * float(v[1]), acc.z += w * float(v[2]), acc.w += w * float(v[3]);
       }
       __syncthreads();
     }

@@ -75,17 +75,19 @@ __device__ void mla_decode_store(const MlaDecodeParams& p, typename Traits::Shar
     return;
   }
 
-  // Partial result, float32: straight from the accumulators each store instruction would touch 8
-  // rows x 32 bytes, and these stores cost more than the page stream around them (measured). So
-  // stage through the query tile (free: the piece's last S = Q K^T is done) and write whole
-  // 16-byte chunks, a warp covering 512 contiguous bytes. Each warpgroup stages 32 of its 64 rows
+  // Partial result, in the input dtype (mla_params.h): straight from the accumulators each store
+  // instruction would touch 8 rows x 32 bytes, and these stores cost more than the page stream
+  // around them (measured). So stage floats through the query tile (free: the piece's last
+  // S = Q K^T is done) and write whole 16-byte chunks of 8 values, a warp covering 512 contiguous
+  // bytes. Each warpgroup stages 32 of its 64 rows
   // at a time in its own half of the tile; the row pitch of 264 floats keeps both the float2
   // writes (16 lanes = 4 rows x 8 banks) and the float4 reads free of bank conflicts.
   constexpr int kPitch = kHalfV + 8;
   static_assert(2 * 32 * kPitch * sizeof(float) <= sizeof(ss.q), "staging must fit in the query tile");
   float* stage = reinterpret_cast<float*>(ss.q.data()) + wg * 32 * kPitch;
   const int64_t acc_row0 = ((int64_t)piece.slot * p.num_heads_k + head_k) * rows + m_block * Traits::kBlockM;
-  float4* o_accum = reinterpret_cast<float4*>(p.o_accum);
+  using Chunk = cutlass::AlignedArray<Element, 8>;  // 16 bytes
+  Chunk* o_accum = static_cast<Chunk*>(p.o_accum);
   const int warp = tid / 32;  // rows 16 warp .. 16 warp + 15 of the warpgroup's accumulator
   CUTLASS_PRAGMA_UNROLL
   for (int half = 0; half < 2; ++half) {
@@ -102,12 +104,16 @@ __device__ void mla_decode_store(const MlaDecodeParams& p, typename Traits::Shar
       }
     }
     NamedBarrier::sync(kBarStage + wg, 128);
-    constexpr int kVecs = kHalfV / 4;  // float4 per staged row
+    constexpr int kChunks = kHalfV / 8;  // 16-byte chunks per staged row
     const int valid_rows = min(32, rows - (m_block * Traits::kBlockM + 32 * half));
-    for (int idx = tid; idx < valid_rows * kVecs; idx += 128) {
-      const int r = idx / kVecs, v = idx % kVecs;
-      o_accum[(acc_row0 + 32 * half + r) * (Traits::kHeadDimV / 4) + col0 / 4 + v] =
-          *reinterpret_cast<const float4*>(stage + r * kPitch + 4 * v);
+    for (int idx = tid; idx < valid_rows * kChunks; idx += 128) {
+      const int r = idx / kChunks, v = idx % kChunks;
+      const float4 a = *reinterpret_cast<const float4*>(stage + r * kPitch + 8 * v);
+      const float4 b = *reinterpret_cast<const float4*>(stage + r * kPitch + 8 * v + 4);
+      Chunk out;
+      out[0] = Element(a.x), out[1] = Element(a.y), out[2] = Element(a.z), out[3] = Element(a.w);
+      out[4] = Element(b.x), out[5] = Element(b.y), out[6] = Element(b.z), out[7] = Element(b.w);
+      o_accum[(acc_row0 + 32 * half + r) * (Traits::kHeadDimV / 8) + col0 / 8 + v] = out;
     }
     NamedBarrier::sync(kBarStage + wg, 128);
   }

@@ -49,11 +49,14 @@ struct MlaDecodeParams {
   float* lse = nullptr;  // [B, s_q, Hq], contiguous
 
   // Split-KV plan (mla_decode_metadata) and the partial results of split sequences:
-  // o_accum [num_slots, Hk, rows, 512] and lse_accum [num_slots, Hk, rows], rows = s_q * Hq / Hk.
+  // o_accum [num_slots, Hk, rows, 512] in the input dtype and lse_accum [num_slots, Hk, rows] float,
+  // rows = s_q * Hq / Hk. A partial O is normalised by its own sum, so it is a convex combination of
+  // value rows and always in the input dtype's range; storing it there halves the partials'
+  // traffic (written by the decode, read by the combine) at one extra rounding of each partial.
   const int* tile_scheduler_metadata = nullptr;  // [num_parts, kMetaStride]
   const int* num_splits = nullptr;               // [B + 1], prefix sums
   int num_parts = 0;
-  float* o_accum = nullptr;
+  void* o_accum = nullptr;
   float* lse_accum = nullptr;
 
   ATTNX_HOST_DEVICE int rows_per_group() const { return seqlen_q * (num_heads_q / num_heads_k); }

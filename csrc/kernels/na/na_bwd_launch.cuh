@@ -40,9 +40,6 @@ Status run_na_bwd(const NaBwdParams& p, cudaStream_t stream) {
     return Status::kUnsupported;  // strides TMA cannot describe: the caller makes the tensors contiguous
 
   const dim3 row_grid((unsigned)(num_q_tiles * p.batch), p.num_heads_q);  // a block per (Q tile, head)
-  const NaBwdWorkspace ws(kp.p, num_q_tiles);
-  if (cudaMemsetAsync(ws.dq_accum, 0, sizeof(float) * ws.rows * p.head_dim, stream) != cudaSuccess)
-    return Status::kCudaError;
   na_bwd_preprocess_kernel<Element, Traits::kHeadDim><<<row_grid, 256, 0, stream>>>(kp.p, kp.num_q_tiles);
   auto kernel = na_bwd_kernel<Traits>;
   static KernelAttributesOnce attributes;

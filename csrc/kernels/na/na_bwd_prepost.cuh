@@ -5,9 +5,8 @@
 // ((head * B + batch) * num_q_tiles + tile) * 64 + r holds the query at the tile's origin +
 // offset(r) (tiles row-major over the Q tile grid, axis 2 fastest). Arrays: dq_accum [rows, D],
 // lse_log2 [rows], dpsum [rows]. Rows of tiles overhanging an axis hold no query.
-//   before:      dq_accum = 0 (a memset);
-//   preprocess:  dpsum = rowsum(dO * O) - dlse, lse_log2 = lse * log2(e) (+inf for rows without a
-//                query, so their P is 0);
+//   preprocess:  dq_accum = 0 (every row: the grid covers all tiles), dpsum = rowsum(dO * O) - dlse,
+//                lse_log2 = lse * log2(e) (+inf for rows without a query, so their P is 0);
 //   postprocess: dq = dq_accum * scale in the input dtype (dq_accum tiles are DqTileLayout).
 #pragma once
 
@@ -77,6 +76,10 @@ __global__ void __launch_bounds__(256) na_bwd_preprocess_kernel(const NaBwdParam
   const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const NaBwdWorkspace ws(p, num_q_tiles);
   const int64_t row0 = ((int64_t)h * p.batch * num_q_tiles + blockIdx.x) * kNaBwdQTokens;
+  static_assert(kNaBwdQTokens * kHeadDim % (4 * 256) == 0, "whole float4 per thread");
+  float4* acc = reinterpret_cast<float4*>(ws.dq_accum + row0 * kHeadDim);  // the tile's rows: zeros
+  CUTLASS_PRAGMA_UNROLL
+  for (int i = threadIdx.x; i < kNaBwdQTokens * kHeadDim / 4; i += 256) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
   for (int r = warp * 8; r < warp * 8 + 8; ++r) {
     int coord[kAxes];
     float dsum = 0.f, lse2 = INFINITY;

@@ -60,7 +60,10 @@ def mla_decode(q, kv_cache, block_table, cache_seqlens, *, head_dim_v=512, scale
 
     Keys are all 576 columns, values the first ``head_dim_v``; with ``causal`` and s_q > 1 query t
     sees the keys at positions <= cache_seqlens[b] - s_q + t. ``metadata`` (from
-    :func:`mla_decode_metadata`, for these cache_seqlens) is optional; results do not depend on it.
+    :func:`mla_decode_metadata`, for these cache_seqlens) is optional; it only decides how sequences
+    split across SMs. A split sequence's pieces store their normalised partial outputs in q's dtype
+    (they lie within the values' range; half the bytes of float32) and merge in float32 through
+    their lse, so a split row can differ from an unsplit one by about one rounding of that dtype.
     See :func:`attnx.reference.mla_decode`.
 
     Checks: cache_seqlens within the block table's capacity (on CUDA once per tensor until it
