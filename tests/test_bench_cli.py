@@ -79,6 +79,26 @@ def test_case_filter_runs_only_matching_cases(tmp_path, capsys):
     assert "    - " not in capsys.readouterr().out
 
 
+def test_peer_filter_keeps_attnx_and_the_named_peers(tmp_path, capsys):
+    """--peer TEXT times only the peers whose name contains TEXT; `--peer none` none; attnx always."""
+    def impls(argv):
+        path = tmp_path / "peers.json"
+        assert main(["--family", "dense", "--case", "causal", "--quick", "--json", str(path), "--no-progress", *argv]) == 0
+        data = json.loads(path.read_text())
+        return {(r["impl"], r["kind"]) for r in data["rows"]}, data["meta"]["peers"]
+
+    everything, peers = impls([])
+    assert peers is None and any(k == "peer" for _, k in everything), everything
+    kept, peers = impls(["--peer", "none"])
+    assert peers == ["none"]
+    assert kept and all(k != "peer" for _, k in kept) and kept <= everything, kept
+    named = sorted(n for n, k in everything if k == "peer")[0]
+    one, _ = impls(["--peer", named])
+    assert {n for n, k in one if k == "peer"} == {n for n, k in everything if k == "peer" and named in n}
+    assert {x for x in one if x[1] != "peer"} == kept
+    capsys.readouterr()
+
+
 def test_list(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out

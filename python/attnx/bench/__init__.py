@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--case", action="extend", nargs="+", default=None, metavar="TEXT",
                    help="run only the cases whose name contains one of these strings (see --list)")
+    p.add_argument("--peer", action="extend", nargs="+", default=None, metavar="TEXT",
+                   help="time only the peers whose name contains one of these strings (attnx always runs; "
+                   "`--peer none`: no peers), e.g. to get attnx's and the dense row of a case whose other "
+                   "peers take minutes")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer runs")
     p.add_argument("--list", action="store_true", help="print the families and their cases, run nothing")
     p.add_argument("--max-ref-seconds", type=float, default=20.0, metavar="S",
@@ -66,7 +70,7 @@ def _make_ctx(args) -> Ctx:
         mode = "cpu-quick" if args.quick else "cpu"
         dtype = torch.float32
     ctx = Ctx(device=device, mode=mode, dtype=dtype, timing=TIMING[mode], max_ref_seconds=args.max_ref_seconds,
-              progress=not args.no_progress)
+              progress=not args.no_progress, peers=None if args.peer is None else tuple(args.peer))
     if cuda:
         try:
             ctx.l2_bytes = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or ctx.l2_bytes
@@ -98,6 +102,7 @@ def _meta(ctx: Ctx, argv: list, families: list) -> dict:
         "native_error": ctx.info.get("native_error"),
         "native_instances": ctx.info.get("native_instances"),
         "max_ref_seconds": ctx.max_ref_seconds,
+        "peers": None if ctx.peers is None else list(ctx.peers),
     }
     if ctx.cuda:
         try:

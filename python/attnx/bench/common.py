@@ -57,6 +57,7 @@ class Ctx:
     info: dict = field(default_factory=dict)  # attnx.info(), fetched once
     ceilings: dict = field(default_factory=dict)  # "copy_gbps", "read_gbps", "matmul_tflops" once measured
     progress: bool = True
+    peers: tuple | None = None  # --peer: substrings of the peer names to time (None: all)
     t_start: float = field(default_factory=time.perf_counter)
 
     @property

@@ -52,12 +52,17 @@ def _row(base: dict, impl: str, kind: str, **kw) -> dict:
     return row
 
 
+def _wanted(ctx: Ctx, impl: Impl) -> bool:
+    """attnx's own rows always run; peers as --peer says (ceilings are not peers)."""
+    return impl.kind != "peer" or ctx.peers is None or any(t in impl.name for t in ctx.peers)
+
+
 def run_case(ctx: Ctx, case: Case) -> list:
     base = _base_row(ctx, case)
     ctx.log(f"{case.family} / {case.name}")
     rows = []
     try:
-        impls = case.impls()
+        impls = [i for i in case.impls() if _wanted(ctx, i)]
     except Exception as e:  # noqa: BLE001
         return [_row(base, "attnx", "attnx", status="error", note=f"error building the case: {_short(e)}")]
     sets = []
