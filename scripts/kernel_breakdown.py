@@ -60,6 +60,11 @@ def _mla_skew():
     return mla_skew_lengths(32768, 127, 256)[0]
 
 
+def _mla_even():
+    from attnx.bench.cases import mla_skew_lengths
+    return mla_skew_lengths(32768, 127, 256)[1]
+
+
 CASES = {
     "dense-bwd": lambda: dense_bwd(),
     "bs3d-bwd": lambda: bs((16, 64, 64), (8, 16, 16), (8, 16, 16), (2, 8, 8), True),
@@ -70,6 +75,7 @@ CASES = {
     "na2d-bwd": lambda: na((128, 128), (31, 31), (1, 1), True),
     "mla-b64-4096-64": lambda: mla([4096] * 64, 64),
     "mla-skew": lambda: mla(_mla_skew(), 64),
+    "mla-even": lambda: mla(_mla_even(), 64),
 }
 
 
