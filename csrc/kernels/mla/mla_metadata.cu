@@ -12,7 +12,7 @@ namespace {
 
 constexpr int kPageSize = 64;
 constexpr int kFixedCost = 2;  // pages' worth of a piece's query block load and output store
-constexpr int kSplitCost = 1;  // more for a piece of a split sequence: fp32 partials stored, read by the combine
+constexpr int kSplitCost = 1;  // more for a piece of a split sequence: partials stored, read by the combine
 constexpr int kThreads = 256;
 
 // One part after another in sequence order; each part but the last spends at most per_part (a

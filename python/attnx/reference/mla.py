@@ -103,7 +103,7 @@ def mla_decode_metadata_fwd(cache_seqlens, num_q_heads: int, num_kv_heads: int =
     num_parts = mla_num_parts(cache_seqlens.device, num_q_heads, num_kv_heads, q_len, num_sms)
     pages = [-(-n // PAGE_SIZE) for n in cache_seqlens.tolist()]
     fixed = 2  # a piece's fixed cost (query block load, output store), in pages
-    split = 1  # more for a piece of a split sequence (fp32 partials stored, then read by the combine)
+    split = 1  # more for a piece of a split sequence (partials stored, then read by the combine)
 
     def walk(per_part):
         """Cut in sequence order, each part but the last spending at most per_part (a piece costs
