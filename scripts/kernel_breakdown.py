@@ -55,14 +55,10 @@ def mla(lens, hq, sq=1):
     return lambda: attnx.mla_decode(q, kv, table, seqlens, head_dim_v=512, metadata=meta)
 
 
-def _mla_skew():
+def _mla_lengths(which):
+    """The bench's skewed batch (which = 0) or the same tokens spread evenly (1)."""
     from attnx.bench.cases import mla_skew_lengths
-    return mla_skew_lengths(32768, 127, 256)[0]
-
-
-def _mla_even():
-    from attnx.bench.cases import mla_skew_lengths
-    return mla_skew_lengths(32768, 127, 256)[1]
+    return mla_skew_lengths(32768, 127, 256)[which]
 
 
 CASES = {
@@ -74,8 +70,8 @@ CASES = {
     "na2d-fwd": lambda: na((128, 128), (31, 31), (1, 1), False),
     "na2d-bwd": lambda: na((128, 128), (31, 31), (1, 1), True),
     "mla-b64-4096-64": lambda: mla([4096] * 64, 64),
-    "mla-skew": lambda: mla(_mla_skew(), 64),
-    "mla-even": lambda: mla(_mla_even(), 64),
+    "mla-skew": lambda: mla(_mla_lengths(0), 64),
+    "mla-even": lambda: mla(_mla_lengths(1), 64),
 }
 
 

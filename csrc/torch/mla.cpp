@@ -129,7 +129,7 @@ std::tuple<Tensor, Tensor> mla_decode_cuda(Tensor q, Tensor kv_cache, Tensor blo
   p.num_splits = static_cast<const int*>(splits.data_ptr());
   p.num_parts = static_cast<int>(meta.size(0));
   const int64_t ws_rows = mla::mla_workspace_rows(p);
-  // Partial outputs in q's dtype (two bytes: half a float per value), then their float lse.
+  // Partial outputs in q's dtype (16-bit, checked above: half a float per value), then their float lse.
   Tensor workspace = torch::stable::new_empty(q, {ws_rows * (p.head_dim_v / 2 + 1)}, ScalarType::Float);
   p.o_accum = workspace.data_ptr();
   p.lse_accum = static_cast<float*>(workspace.data_ptr()) + ws_rows * (p.head_dim_v / 2);

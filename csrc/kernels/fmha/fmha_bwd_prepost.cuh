@@ -37,36 +37,47 @@ struct BwdWorkspace {
   }
 };
 
-// One row at a time (the neighborhood backward's kernels, na_bwd_prepost.cuh): rowsum(o * dout), a
-// warp's lanes each taking kHeadDim / 32 consecutive elements in one vector load (rows are 16-byte
-// aligned: TMA-ready tensors) ...
+// A warp's share of one row of O or dO: kHeadDim / 32 consecutive elements per lane, one vector
+// load (rows are 16-byte aligned: TMA-ready tensors).
 template <typename Element, int kHeadDim>
-__device__ __forceinline__ float row_dot(const Element* o, const Element* dout, int lane) {
-  constexpr int kPer = kHeadDim / 32;
-  using Vec = cutlass::AlignedArray<Element, kPer>;
-  const Vec a = *reinterpret_cast<const Vec*>(o + lane * kPer);
-  const Vec b = *reinterpret_cast<const Vec*>(dout + lane * kPer);
+using RowSlice = cutlass::AlignedArray<Element, kHeadDim / 32>;
+
+// rowsum(o * dout) of one row from the lanes' slices (every lane gets the sum).
+template <typename Element, int kHeadDim>
+__device__ __forceinline__ float warp_row_dot(const RowSlice<Element, kHeadDim>& a,
+                                              const RowSlice<Element, kHeadDim>& b) {
   float sum = 0.f;
   CUTLASS_PRAGMA_UNROLL
-  for (int i = 0; i < kPer; ++i) sum += static_cast<float>(a[i]) * static_cast<float>(b[i]);
+  for (int i = 0; i < kHeadDim / 32; ++i) sum += static_cast<float>(a[i]) * static_cast<float>(b[i]);
   for (int s = 16; s > 0; s >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, s);
   return sum;
 }
 
-// ... and dq = dq_accum * scale for one row: the accumulator row's column pairs are swizzled
-// (DqTileLayout; rows of a tile start at multiples of 64, so the row index's low bits are the
-// tile's).
+// Column pair q of a dq_accum row (DqTileLayout: pairs swizzled by the row's low bits; rows of a
+// tile start at multiples of 64, so the row index's low bits are the tile's) to dq, times scale.
+template <typename Element, int kHeadDim>
+__device__ __forceinline__ void store_dq_pair(Element* dq, float2 a, int q, int row, float scale) {
+  cutlass::Array<Element, 2> out;
+  out[0] = static_cast<Element>(a.x * scale);
+  out[1] = static_cast<Element>(a.y * scale);
+  *reinterpret_cast<cutlass::Array<Element, 2>*>(dq + 2 * (q ^ DqTileLayout<kHeadDim>::swizzle(row))) = out;
+}
+
+// One row at a time (the neighborhood backward's kernels, na_bwd_prepost.cuh): rowsum(o * dout) ...
+template <typename Element, int kHeadDim>
+__device__ __forceinline__ float row_dot(const Element* o, const Element* dout, int lane) {
+  using Slice = RowSlice<Element, kHeadDim>;
+  const Slice a = *reinterpret_cast<const Slice*>(o + lane * (kHeadDim / 32));
+  const Slice b = *reinterpret_cast<const Slice*>(dout + lane * (kHeadDim / 32));
+  return warp_row_dot<Element, kHeadDim>(a, b);
+}
+
+// ... and dq = dq_accum * scale.
 template <typename Element, int kHeadDim>
 __device__ __forceinline__ void store_dq_row(Element* dq, const float* acc, int row, float scale, int lane) {
-  using Layout = DqTileLayout<kHeadDim>;
   CUTLASS_PRAGMA_UNROLL
-  for (int q = lane; q < Layout::kPairs; q += 32) {
-    const float2 a = *reinterpret_cast<const float2*>(acc + 2 * q);
-    cutlass::Array<Element, 2> out;
-    out[0] = static_cast<Element>(a.x * scale);
-    out[1] = static_cast<Element>(a.y * scale);
-    *reinterpret_cast<cutlass::Array<Element, 2>*>(dq + 2 * (q ^ Layout::swizzle(row))) = out;
-  }
+  for (int q = lane; q < DqTileLayout<kHeadDim>::kPairs; q += 32)
+    store_dq_pair<Element, kHeadDim>(dq, *reinterpret_cast<const float2*>(acc + 2 * q), q, row, scale);
 }
 
 // Both kernels: a warp takes kPrepostRowsPerWarp consecutive rows and issues all of their loads
@@ -91,7 +102,7 @@ struct BwdRowWarp {
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdParams p) {
   constexpr int kRows = kPrepostRowsPerWarp, kPer = kHeadDim / 32;
-  using Vec = cutlass::AlignedArray<Element, kPer>;
+  using Vec = RowSlice<Element, kHeadDim>;
   const auto [h, b, r0, lane] = BwdRowWarp(p);
   const VarlenBlockInfo info(p, b);
   if (r0 >= round_up_rows(info.seqlen_q)) return;
@@ -123,9 +134,7 @@ __global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdP
   for (int j = 0; j < kRows; ++j) {
     float dsum = 0.f, lse2 = INFINITY;
     if (r0 + j < info.seqlen_q) {
-      CUTLASS_PRAGMA_UNROLL
-      for (int i = 0; i < kPer; ++i) dsum += static_cast<float>(a[j][i]) * static_cast<float>(d[j][i]);
-      for (int s = 16; s > 0; s >>= 1) dsum += __shfl_xor_sync(0xffffffff, dsum, s);
+      dsum = warp_row_dot<Element, kHeadDim>(a[j], d[j]);
       lse2 = lse[j] == -INFINITY ? INFINITY : lse[j] * 1.4426950408889634f;
       dsum -= dlse[j];
     }
@@ -133,8 +142,7 @@ __global__ void __launch_bounds__(256) fmha_bwd_preprocess_kernel(const FmhaBwdP
   }
 }
 
-// dq = dq_accum * scale: the accumulator rows' column pairs are swizzled (DqTileLayout; rows of a
-// tile start at multiples of 64, so the row index's low bits are the tile's).
+// dq = dq_accum * scale (store_dq_pair), kPrepostRowsPerWarp rows per warp.
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(256) fmha_bwd_postprocess_kernel(const FmhaBwdParams p) {
   using Layout = DqTileLayout<kHeadDim>;
@@ -157,13 +165,8 @@ __global__ void __launch_bounds__(256) fmha_bwd_postprocess_kernel(const FmhaBwd
   for (int j = 0; j < kRows; ++j) {
     if (r0 + j >= info.seqlen_q) break;
     CUTLASS_PRAGMA_UNROLL
-    for (int k = 0; k < kPairsPerLane; ++k) {
-      const int q = lane + 32 * k;
-      cutlass::Array<Element, 2> out;
-      out[0] = static_cast<Element>(v[j][k].x * p.scale);
-      out[1] = static_cast<Element>(v[j][k].y * p.scale);
-      *reinterpret_cast<cutlass::Array<Element, 2>*>(dq + j * p.dq_row_stride + 2 * (q ^ Layout::swizzle(r0 + j))) = out;
-    }
+    for (int k = 0; k < kPairsPerLane; ++k)
+      store_dq_pair<Element, kHeadDim>(dq + j * p.dq_row_stride, v[j][k], lane + 32 * k, r0 + j, p.scale);
   }
 }
 

@@ -79,9 +79,9 @@ __device__ void mla_decode_store(const MlaDecodeParams& p, typename Traits::Shar
   // instruction would touch 8 rows x 32 bytes, and these stores cost more than the page stream
   // around them (measured). So stage floats through the query tile (free: the piece's last
   // S = Q K^T is done) and write whole 16-byte chunks of 8 values, a warp covering 512 contiguous
-  // bytes. Each warpgroup stages 32 of its 64 rows
-  // at a time in its own half of the tile; the row pitch of 264 floats keeps both the float2
-  // writes (16 lanes = 4 rows x 8 banks) and the float4 reads free of bank conflicts.
+  // bytes. Each warpgroup stages 32 of its 64 rows at a time in its own half of the tile; the row
+  // pitch of 264 floats keeps both the float2 writes (16 lanes = 4 rows x 8 banks) and the float4
+  // reads free of bank conflicts.
   constexpr int kPitch = kHalfV + 8;
   static_assert(2 * 32 * kPitch * sizeof(float) <= sizeof(ss.q), "staging must fit in the query tile");
   float* stage = reinterpret_cast<float*>(ss.q.data()) + wg * 32 * kPitch;
