@@ -20,6 +20,10 @@ SKEWED, EVEN = mla_skew_lengths(32768, 127, 256)
 CASES = {  # name: (lengths, Hq, s_q)
     "skew": (SKEWED, 64, 1),
     "even": (EVEN, 64, 1),
+    "skew-16": (SKEWED, 16, 1),
+    "even-16": (EVEN, 16, 1),
+    "skew-128": (SKEWED, 128, 1),
+    "even-128": (EVEN, 128, 1),
     "b64-4096-16": ([4096] * 64, 16, 1),
     "b64-4096-32": ([4096] * 64, 32, 1),
     "b64-4096-64": ([4096] * 64, 64, 1),

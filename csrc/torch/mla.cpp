@@ -25,12 +25,16 @@ void check_int32_vector(const char* op, const char* arg, const Tensor& t, const 
                   ": argument '", arg, "' must be a contiguous int32 vector; got shape ", shape_str(t));
 }
 
-std::tuple<Tensor, Tensor> plan(const char* op, const Tensor& cache_seqlens, int num_parts) {
+std::tuple<Tensor, Tensor> plan(const char* op, const Tensor& cache_seqlens, int num_q_heads, int num_kv_heads,
+                                int q_len, int num_sms) {
+  const int num_parts = mla::mla_num_parts(num_sms, num_q_heads, num_kv_heads, q_len);
   const int64_t B = cache_seqlens.size(0);
   Tensor meta = torch::stable::new_empty(cache_seqlens, {num_parts, mla::kMetaStride}, ScalarType::Int);
   Tensor splits = torch::stable::new_empty(cache_seqlens, {B + 1}, ScalarType::Int);
   const Status status = mla::mla_decode_metadata(static_cast<const int*>(cache_seqlens.data_ptr()),
-                                                 static_cast<int>(B), num_parts, static_cast<int*>(meta.data_ptr()),
+                                                 static_cast<int>(B), num_parts,
+                                                 mla::mla_piece_fixed_cost(num_q_heads, num_kv_heads, q_len),
+                                                 static_cast<int*>(meta.data_ptr()),
                                                  static_cast<int*>(splits.data_ptr()),
                                                  static_cast<cudaStream_t>(current_stream(op, cache_seqlens)));
   STD_TORCH_CHECK(status == Status::kSuccess, op, ": planning failed: ", status_string(status),
@@ -45,8 +49,7 @@ std::tuple<Tensor, Tensor> mla_decode_metadata_cuda(Tensor cache_seqlens, int64_
   STD_TORCH_CHECK(num_q_heads > 0 && num_kv_heads > 0 && num_q_heads % num_kv_heads == 0 && q_len > 0, kOp,
                   ": num_q_heads, num_kv_heads, q_len must be positive with num_kv_heads dividing num_q_heads");
   torch::stable::accelerator::DeviceGuard guard(cache_seqlens.get_device_index());
-  return plan(kOp, cache_seqlens,
-              mla::mla_num_parts(num_sms(cache_seqlens), (int)num_q_heads, (int)num_kv_heads, (int)q_len));
+  return plan(kOp, cache_seqlens, (int)num_q_heads, (int)num_kv_heads, (int)q_len, num_sms(cache_seqlens));
 }
 
 // cache_seqlens values and block-table entries are the Python API's business (attnx.mla_decode):
@@ -103,7 +106,7 @@ std::tuple<Tensor, Tensor> mla_decode_cuda(Tensor q, Tensor kv_cache, Tensor blo
   } else {
     STD_TORCH_CHECK(!tile_scheduler_metadata.has_value() && !num_splits.has_value(), kOp,
                     ": pass both 'tile_scheduler_metadata' and 'num_splits' (attnx.mla_decode_metadata) or neither");
-    std::tie(meta, splits) = plan(kOp, cache_seqlens, mla::mla_num_parts(num_sms(q), (int)Hq, (int)Hk, (int)Sq));
+    std::tie(meta, splits) = plan(kOp, cache_seqlens, (int)Hq, (int)Hk, (int)Sq, num_sms(q));
   }
 
   mla::MlaDecodeParams p;

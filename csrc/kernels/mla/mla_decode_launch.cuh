@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include <cute/tensor.hpp>
 
 #include "../common/cuda_check.h"
@@ -25,7 +27,6 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
       p.num_heads_k > 65535)
     return Status::kInvalidArgument;
   const int rows = p.rows_per_group();
-  if ((int64_t)p.batch * rows >= (1LL << 31)) return Status::kInvalidArgument;  // combine grid.x
   const int num_m_blocks = (rows + Traits::kBlockM - 1) / Traits::kBlockM;
   // A cache without pages holds no keys: every sequence is empty (a TMA tensor cannot be empty).
   const int num_pages = p.num_pages > 0 ? p.num_pages : 1;
@@ -50,9 +51,16 @@ Status run_mla_decode(MlaDecodeParams p, cudaStream_t stream) {
   kernel<<<dim3(num_m_blocks, p.num_parts, p.num_heads_k), Traits::kNumThreads, Traits::kSmemBytes, stream>>>(kp);
   if (cudaGetLastError() != cudaSuccess) return Status::kCudaError;
 
-  const dim3 grid(p.batch * rows, p.num_heads_k);
+  // A sequence of more than kHeavyPieces pieces spans at least kHeavyPieces part boundaries, so
+  // (num_parts - 1) / kHeavyPieces bounds the heavy sequences; two slots of heavy blocks share them.
+  using Combine = MlaCombineShape<Traits::kHeadDimV>;
+  const int max_heavy = std::min(p.batch, (p.num_parts - 1) / Combine::kHeavyPieces);
+  const int heavy_slots = std::min(max_heavy, 2);
+  const int64_t light_blocks = ((int64_t)p.batch * rows + Combine::kRowsPerBlock - 1) / Combine::kRowsPerBlock;
+  const int64_t blocks = light_blocks + (int64_t)heavy_slots * rows * Combine::kQuarters;
+  if (blocks >= (1LL << 31)) return Status::kInvalidArgument;
   mla_combine_kernel<Element, Traits::kHeadDimV>
-      <<<grid, MlaCombineShape<Traits::kHeadDimV>::kThreads, 0, stream>>>(p);
+      <<<dim3((unsigned)blocks, p.num_heads_k), Combine::kThreads, 0, stream>>>(p, heavy_slots);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

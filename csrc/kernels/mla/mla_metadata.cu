@@ -11,15 +11,15 @@ namespace attnx::mla {
 namespace {
 
 constexpr int kPageSize = 64;
-constexpr int kFixedCost = 2;  // pages' worth of a piece's query block load and output store
 constexpr int kSplitCost = 1;  // more for a piece of a split sequence: partials stored, read by the combine
 constexpr int kThreads = 256;
 
 // One part after another in sequence order; each part but the last spends at most per_part (a
 // piece costs kFixedCost + its pages, + kSplitCost unless it is a whole sequence; a piece that
-// could not take a page is not started), the last takes the rest. Writes the plan when metadata is given; returns the last part's cost.
-__device__ long long walk_parts(const int* pages, int batch, int num_parts, long long per_part, int* metadata,
-                                int* num_splits) {
+// could not take a page is not started), the last takes the rest. Writes the plan when metadata
+// is given; returns the last part's cost.
+__device__ long long walk_parts(const int* pages, int batch, int num_parts, int kFixedCost, long long per_part,
+                                int* metadata, int* num_splits) {
   int b = 0, page_pos = 0, slot = 0;
   long long cost = 0;
   if (metadata != nullptr) num_splits[0] = 0;
@@ -53,7 +53,7 @@ __device__ long long walk_parts(const int* pages, int batch, int num_parts, long
 }
 
 __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache_seqlens, int batch, int num_parts,
-                                                                int* metadata, int* num_splits) {
+                                                                int kFixedCost, int* metadata, int* num_splits) {
   extern __shared__ int pages[];
   __shared__ unsigned long long block_total;
   if (threadIdx.x == 0) block_total = 0;
@@ -74,25 +74,26 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache
   long long lo = max((long long)kFixedCost + 1, (all + num_parts - 1) / num_parts), hi = all + kFixedCost + 1;
   while (lo < hi) {
     const long long mid = (lo + hi) / 2;
-    if (walk_parts(pages, batch, num_parts, mid, nullptr, nullptr) <= mid)
+    if (walk_parts(pages, batch, num_parts, kFixedCost, mid, nullptr, nullptr) <= mid)
       hi = mid;
     else
       lo = mid + 1;
   }
-  walk_parts(pages, batch, num_parts, lo, metadata, num_splits);
+  walk_parts(pages, batch, num_parts, kFixedCost, lo, metadata, num_splits);
 }
 
 }  // namespace
 
-Status mla_decode_metadata(const int* cache_seqlens, int batch, int num_parts, int* metadata, int* num_splits,
-                           cudaStream_t stream) {
-  if (batch < 0 || num_parts <= 0) return Status::kInvalidArgument;
+Status mla_decode_metadata(const int* cache_seqlens, int batch, int num_parts, int fixed_cost, int* metadata,
+                           int* num_splits, cudaStream_t stream) {
+  if (batch < 0 || num_parts <= 0 || fixed_cost < 1) return Status::kInvalidArgument;
   const size_t smem = (size_t)batch * sizeof(int);
   if (smem > 200 * 1024) return Status::kUnsupported;  // the caller plans on the host instead
   if (smem > 48 * 1024 &&
       cudaFuncSetAttribute(mla_metadata_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
     return Status::kCudaError;
-  mla_metadata_kernel<<<1, kThreads, smem, stream>>>(cache_seqlens, batch, num_parts, metadata, num_splits);
+  mla_metadata_kernel<<<1, kThreads, smem, stream>>>(cache_seqlens, batch, num_parts, fixed_cost, metadata,
+                                                    num_splits);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

@@ -97,12 +97,21 @@ def mla_num_parts(device, num_q_heads: int, num_kv_heads: int, q_len: int, num_s
     return max(1, num_sms // max(1, num_kv_heads * -(-rows_per_group // 64)))
 
 
+def mla_piece_fixed_cost(num_q_heads: int, num_kv_heads: int = 1, q_len: int = 1) -> int:
+    """A piece's fixed cost in the split plan, in pages: its query block load and output store
+    (bytes growing with the block's rows) plus its start and epilogue. Measured on an H100
+    (2026-12-08, skewed against even batches): 5 for 64-row blocks, 3 for 16-row ones; interpolated
+    in the rows between (csrc/kernels/mla/mla_api.h, same formula)."""
+    block_rows = min(max(1, num_q_heads // max(1, num_kv_heads)) * q_len, 64)
+    return 2 + (3 * block_rows + 32) // 64
+
+
 def mla_decode_metadata_fwd(cache_seqlens, num_q_heads: int, num_kv_heads: int = 1, q_len: int = 1,
                             num_sms: int | None = None):
     """Balanced split-KV plan: cut the (sequence, page) work list into equally costly parts."""
     num_parts = mla_num_parts(cache_seqlens.device, num_q_heads, num_kv_heads, q_len, num_sms)
     pages = [-(-n // PAGE_SIZE) for n in cache_seqlens.tolist()]
-    fixed = 2  # a piece's fixed cost (query block load, output store), in pages
+    fixed = mla_piece_fixed_cost(num_q_heads, num_kv_heads, q_len)  # a piece's fixed cost, in pages
     split = 1  # more for a piece of a split sequence (partials stored, then read by the combine)
 
     def walk(per_part):
