@@ -15,10 +15,10 @@ constexpr int kSplitCost = 1;  // more for a piece of a split sequence: partials
 constexpr int kThreads = 256;
 
 // One part after another in sequence order; each part but the last spends at most per_part (a
-// piece costs kFixedCost + its pages, + kSplitCost unless it is a whole sequence; a piece that
+// piece costs fixed_cost + its pages, + kSplitCost unless it is a whole sequence; a piece that
 // could not take a page is not started), the last takes the rest. Writes the plan when metadata
 // is given; returns the last part's cost.
-__device__ long long walk_parts(const int* pages, int batch, int num_parts, int kFixedCost, long long per_part,
+__device__ long long walk_parts(const int* pages, int batch, int num_parts, int fixed_cost, long long per_part,
                                 int* metadata, int* num_splits) {
   int b = 0, page_pos = 0, slot = 0;
   long long cost = 0;
@@ -29,15 +29,15 @@ __device__ long long walk_parts(const int* pages, int batch, int num_parts, int 
     if (meta != nullptr) meta[kBeginBatch] = b, meta[kBeginToken] = page_pos * kPageSize, meta[kBeginSlot] = slot;
     long long budget = per_part;
     cost = 0;
-    while (b < batch && (last || budget > kFixedCost)) {
+    while (b < batch && (last || budget > fixed_cost)) {
       const int left = pages[b] - page_pos;
-      const int extra = page_pos > 0 || (!last && left + kFixedCost > budget) ? kSplitCost : 0;
-      if (!last && budget <= kFixedCost + extra) break;
-      budget -= kFixedCost + extra;
+      const int extra = page_pos > 0 || (!last && left + fixed_cost > budget) ? kSplitCost : 0;
+      if (!last && budget <= fixed_cost + extra) break;
+      budget -= fixed_cost + extra;
       const int take = last ? left : (int)min((long long)left, budget);
       page_pos += take;
       budget -= take;
-      cost += kFixedCost + extra + take;
+      cost += fixed_cost + extra + take;
       ++slot;  // one piece of sequence b comes from this part
       if (page_pos >= pages[b]) {
         if (meta != nullptr) num_splits[b + 1] = slot;
@@ -53,7 +53,7 @@ __device__ long long walk_parts(const int* pages, int batch, int num_parts, int 
 }
 
 __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache_seqlens, int batch, int num_parts,
-                                                                int kFixedCost, int* metadata, int* num_splits) {
+                                                                int fixed_cost, int* metadata, int* num_splits) {
   extern __shared__ int pages[];
   __shared__ unsigned long long block_total;
   if (threadIdx.x == 0) block_total = 0;
@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache
   for (int b = threadIdx.x; b < batch; b += kThreads) {
     const int n = max(cache_seqlens[b], 0);
     pages[b] = (n + kPageSize - 1) / kPageSize;
-    total += pages[b] + kFixedCost;
+    total += pages[b] + fixed_cost;
   }
   atomicAdd(&block_total, static_cast<unsigned long long>(total));
   __syncthreads();
@@ -71,15 +71,15 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache
   // The smallest per-part budget with which the last part is no costlier than the others: the
   // plan's cost is its costliest part (a binary search over walks of a few hundred steps).
   const long long all = (long long)block_total;
-  long long lo = max((long long)kFixedCost + 1, (all + num_parts - 1) / num_parts), hi = all + kFixedCost + 1;
+  long long lo = max((long long)fixed_cost + 1, (all + num_parts - 1) / num_parts), hi = all + fixed_cost + 1;
   while (lo < hi) {
     const long long mid = (lo + hi) / 2;
-    if (walk_parts(pages, batch, num_parts, kFixedCost, mid, nullptr, nullptr) <= mid)
+    if (walk_parts(pages, batch, num_parts, fixed_cost, mid, nullptr, nullptr) <= mid)
       hi = mid;
     else
       lo = mid + 1;
   }
-  walk_parts(pages, batch, num_parts, kFixedCost, lo, metadata, num_splits);
+  walk_parts(pages, batch, num_parts, fixed_cost, lo, metadata, num_splits);
 }
 
 }  // namespace
