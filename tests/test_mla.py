@@ -209,3 +209,75 @@ def test_mla_chunked(which, monkeypatch):
     out_ref, lse_ref = naive_mla(q, kv, table, lens, Dv, causal=True)
     assert_close(out, out_ref, 1e-10)
     assert_close(lse, lse_ref, 1e-10, "lse")
+
+
+# ----------------------------------------------------------------------------- the GPU planner's code on the host
+
+_PLANNER_HARNESS = r"""
+#include <cstdio>
+#include <vector>
+#include "mla/mla_metadata.cu"
+// Per case on stdin: "batch num_q_heads q_len num_sms" and the lengths; prints the plan that the
+// binding's mla_decode_metadata makes (its part count and piece cost, the kernel's walk and search,
+// run here on the host).
+int main() {
+  int batch, num_q_heads, q_len, num_sms;
+  while (std::scanf("%d %d %d %d", &batch, &num_q_heads, &q_len, &num_sms) == 4) {
+    const int num_parts = attnx::mla::mla_num_parts(num_sms, num_q_heads, 1, q_len);
+    const int fixed_cost = attnx::mla::mla_piece_fixed_cost(num_q_heads, 1, q_len);
+    std::vector<int> pages(batch);
+    long long total = 0;
+    for (int b = 0; b < batch; ++b) {
+      int n = 0;
+      if (std::scanf("%d", &n) != 1) return 1;
+      pages[b] = ((n > 0 ? n : 0) + 63) / 64;
+      total += pages[b] + fixed_cost;
+    }
+    std::vector<int> meta(num_parts * attnx::mla::kMetaStride), splits(batch + 1);
+    attnx::mla::plan_parts(pages.data(), batch, num_parts, fixed_cost, total, meta.data(), splits.data());
+    for (int v : meta) std::printf("%d ", v);
+    std::printf("|");
+    for (int v : splits) std::printf(" %d", v);
+    std::printf("\n");
+  }
+  return 0;
+}
+"""
+
+
+def test_mla_gpu_planner_code_matches_reference(tmp_path):
+    """The CUDA planner (csrc/kernels/mla/mla_metadata.cu) compiled for the host against the reference
+    planner, on random batches (skewed, empty and page-boundary lengths, several head counts and SM
+    counts): the same metadata and num_splits, step for step. Needs nvcc and the source tree."""
+    import os
+    import random
+    import shutil
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.join(root, "csrc", "kernels")
+    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    nvcc = nvcc if os.path.exists(nvcc) else shutil.which("nvcc")
+    if nvcc is None or not os.path.exists(os.path.join(src, "mla", "mla_metadata.cu")):
+        pytest.skip("needs nvcc and the source tree")
+    harness, exe = tmp_path / "planner.cu", tmp_path / "planner"
+    harness.write_text(_PLANNER_HARNESS)
+    subprocess.run([nvcc, "-std=c++17", "-I", src, str(harness), "-o", str(exe)], check=True, capture_output=True)
+
+    from attnx.reference import mla as ref_mla
+    rng = random.Random(0)
+    cases = [([32768] + [256] * 127, 64, 1, 132), ([4096] * 64, 16, 1, 132), ([0, 1, 63, 64, 65, 129], 128, 2, 132)]
+    for _ in range(120):
+        lens = [rng.choice([0, 1, 63, 64, 65, rng.randint(0, 3000), rng.randint(0, 40000)])
+                for _ in range(rng.choice([1, 3, 17, 64, 200]))]
+        cases.append((lens, rng.choice([16, 32, 64, 128]), rng.choice([1, 2, 3]), rng.choice([132, 114, 78])))
+    stdin = ""
+    for lens, hq, sq, sms in cases:
+        stdin += f"{len(lens)} {hq} {sq} {sms}\n{' '.join(map(str, lens))}\n"
+    lines = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(lines) == len(cases)
+    for (lens, hq, sq, sms), line in zip(cases, lines):
+        want = ref_mla.mla_decode_metadata_fwd(torch.tensor(lens, dtype=torch.int32), hq, 1, sq, num_sms=sms)
+        meta, splits = line.split("|")
+        assert [int(v) for v in meta.split()] == want.tile_scheduler_metadata.flatten().tolist(), (lens, hq, sq, sms)
+        assert [int(v) for v in splits.split()] == want.num_splits.tolist(), (lens, hq, sq, sms)

@@ -4,7 +4,8 @@
 //
 // The walk is sequential and short (one step per piece, a dozen walks for the search); the block
 // only loads the lengths in parallel. It must match attnx.reference.mla.mla_decode_metadata_fwd
-// step for step.
+// step for step: the walk and the search are host-callable, and tests/test_mla.py compiles them
+// into a host program and compares its plans with the reference's (no GPU needed).
 #include "mla_api.h"
 
 namespace attnx::mla {
@@ -18,7 +19,7 @@ constexpr int kThreads = 256;
 // piece costs fixed_cost + its pages, + kSplitCost unless it is a whole sequence; a piece that
 // could not take a page is not started), the last takes the rest. Writes the plan when metadata
 // is given; returns the last part's cost.
-__device__ long long walk_parts(const int* pages, int batch, int num_parts, int fixed_cost, long long per_part,
+__host__ __device__ long long walk_parts(const int* pages, int batch, int num_parts, int fixed_cost, long long per_part,
                                 int* metadata, int* num_splits) {
   int b = 0, page_pos = 0, slot = 0;
   long long cost = 0;
@@ -52,6 +53,23 @@ __device__ long long walk_parts(const int* pages, int batch, int num_parts, int 
   return cost;
 }
 
+// The smallest per-part budget with which the last part is no costlier than the others (the
+// plan's cost is its costliest part: a binary search over walks of a few hundred steps), then
+// the plan itself. total = the batch's pages + fixed_cost per sequence.
+__host__ __device__ void plan_parts(const int* pages, int batch, int num_parts, int fixed_cost, long long total,
+                                    int* metadata, int* num_splits) {
+  long long lo = (total + num_parts - 1) / num_parts, hi = total + fixed_cost + 1;
+  if (lo < fixed_cost + 1) lo = fixed_cost + 1;
+  while (lo < hi) {
+    const long long mid = (lo + hi) / 2;
+    if (walk_parts(pages, batch, num_parts, fixed_cost, mid, nullptr, nullptr) <= mid)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  walk_parts(pages, batch, num_parts, fixed_cost, lo, metadata, num_splits);
+}
+
 __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache_seqlens, int batch, int num_parts,
                                                                 int fixed_cost, int* metadata, int* num_splits) {
   extern __shared__ int pages[];
@@ -66,20 +84,7 @@ __global__ void __launch_bounds__(kThreads) mla_metadata_kernel(const int* cache
   }
   atomicAdd(&block_total, static_cast<unsigned long long>(total));
   __syncthreads();
-  if (threadIdx.x != 0) return;
-
-  // The smallest per-part budget with which the last part is no costlier than the others: the
-  // plan's cost is its costliest part (a binary search over walks of a few hundred steps).
-  const long long all = (long long)block_total;
-  long long lo = max((long long)fixed_cost + 1, (all + num_parts - 1) / num_parts), hi = all + fixed_cost + 1;
-  while (lo < hi) {
-    const long long mid = (lo + hi) / 2;
-    if (walk_parts(pages, batch, num_parts, fixed_cost, mid, nullptr, nullptr) <= mid)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  walk_parts(pages, batch, num_parts, fixed_cost, lo, metadata, num_splits);
+  if (threadIdx.x == 0) plan_parts(pages, batch, num_parts, fixed_cost, (long long)block_total, metadata, num_splits);
 }
 
 }  // namespace
