@@ -9,11 +9,17 @@ a zero-length cache gives out 0 and lse -inf. Returns (out [B, s_q, Hq, head_dim
 """
 from __future__ import annotations
 
+import os
+import random
+import shutil
+import subprocess
+
 import pytest
 import torch
 
 import attnx
 import attnx.reference
+import attnx.reference.mla
 from conftest import TOL, assert_close, force_small_chunks, naive_rows
 
 IMPLS = ["reference", "api"]
@@ -249,11 +255,6 @@ def test_mla_gpu_planner_code_matches_reference(tmp_path):
     """The CUDA planner (csrc/kernels/mla/mla_metadata.cu) compiled for the host against the reference
     planner, on random batches (skewed, empty and page-boundary lengths, several head counts and SM
     counts): the same metadata and num_splits, step for step. Needs nvcc and the source tree."""
-    import os
-    import random
-    import shutil
-    import subprocess
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     src = os.path.join(root, "csrc", "kernels")
     nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
@@ -264,7 +265,6 @@ def test_mla_gpu_planner_code_matches_reference(tmp_path):
     harness.write_text(_PLANNER_HARNESS)
     subprocess.run([nvcc, "-std=c++17", "-I", src, str(harness), "-o", str(exe)], check=True, capture_output=True)
 
-    from attnx.reference import mla as ref_mla
     rng = random.Random(0)
     cases = [([32768] + [256] * 127, 64, 1, 132), ([4096] * 64, 16, 1, 132), ([0, 1, 63, 64, 65, 129], 128, 2, 132)]
     for _ in range(120):
@@ -277,7 +277,7 @@ def test_mla_gpu_planner_code_matches_reference(tmp_path):
     lines = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.splitlines()
     assert len(lines) == len(cases)
     for (lens, hq, sq, sms), line in zip(cases, lines):
-        want = ref_mla.mla_decode_metadata_fwd(torch.tensor(lens, dtype=torch.int32), hq, 1, sq, num_sms=sms)
+        want = attnx.reference.mla.mla_decode_metadata_fwd(torch.tensor(lens, dtype=torch.int32), hq, 1, sq, num_sms=sms)
         meta, splits = line.split("|")
         assert [int(v) for v in meta.split()] == want.tile_scheduler_metadata.flatten().tolist(), (lens, hq, sq, sms)
         assert [int(v) for v in splits.split()] == want.num_splits.tolist(), (lens, hq, sq, sms)
