@@ -200,6 +200,8 @@ def test_sparse_native_op_passes_opcheck():
     q, k, v = (torch.randn(1, 100, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     idx = random_indices(1, 100, 2, 100, 16)
     torch.library.opcheck(torch.ops.attnx.sparse_attention.default, (q, k, v, idx, None))
+    order = torch.rand(1, 2, 100, device="cuda").argsort(dim=-1).int()
+    torch.library.opcheck(torch.ops.attnx.sparse_attention.default, (q, k, v, idx, None, order))
 
 
 def test_sparse_backward_op_rejects_a_mis_shaped_lse():
@@ -211,3 +213,97 @@ def test_sparse_backward_op_rejects_a_mis_shaped_lse():
     with pytest.raises(RuntimeError, match="'lse'"):
         torch.ops.attnx.sparse_attention_backward(torch.ones_like(out), None, q, k, v, out, lse[:, :32].contiguous(),
                                                   idx, None)
+
+
+# The tiled forward (query_order given: 128 ordered queries per CTA over the union of their lists,
+# tensor cores, bit masks from a pre-pass). Shapes: partial last tiles, unions of one chunk and of
+# many (Lk 5000: up to 40 chunks of 128), Lk above 128 * k, a tile with no key at all, GQA.
+TILED_SHAPES = SHAPES + [  # b, lq, lk, hq, hk, k
+    (1, 700, 5000, 2, 2, 300),
+    (2, 257, 3000, 4, 1, 3),
+    (1, 129, 200, 2, 2, 200),
+]
+
+
+def tiled_order(idx, lk, kind):
+    b, lq, h, _ = idx.shape
+    if kind == "similar":
+        from attnx.ops.sparse import similar_lists_order
+        return similar_lists_order(idx, lk)
+    if kind == "identity":
+        return torch.arange(lq, dtype=torch.int32, device="cuda").expand(b, h, lq).contiguous()
+    return torch.rand(b, h, lq, device="cuda").argsort(dim=-1).int()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("b,lq,lk,hq,hk,kk", TILED_SHAPES)
+@pytest.mark.parametrize("kind", ["similar", "random"])
+def test_sparse_tiled_forward_matches_reference(dtype, d, b, lq, lk, hq, hk, kk, kind):
+    need(dtype, d)
+    torch.manual_seed(lq + lk + d + 7)
+    q = torch.randn(b, lq, hq, d, device="cuda", dtype=dtype)
+    k, v = (torch.randn(b, lk, hk, d, device="cuda", dtype=dtype) for _ in range(2))
+    idx = random_indices(b, lq, hq, lk, kk)
+    order = tiled_order(idx, lk, kind)
+    poison_allocator()
+    out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None, order)
+    torch.cuda.synchronize()
+    check_forward(out, lse, *reference(q, k, v, idx), dtype)
+
+
+def test_sparse_tiled_forward_empty_tiles_and_clustered_lists():
+    """Whole tiles without a listed key (out 0, lse -inf) beside tiles whose queries share keys."""
+    need(torch.bfloat16, 64)
+    torch.manual_seed(3)
+    b, lq, lk, h, kk = 1, 640, 2048, 2, 64
+    q, k, v = (torch.randn(b, n, h, 64, device="cuda", dtype=torch.bfloat16) for n in (lq, lk, lk))
+    base = torch.rand(8, lk, device="cuda").topk(kk, dim=-1).indices.int()  # 8 shared lists
+    idx = base[torch.randint(0, 8, (b, lq, h), device="cuda")]
+    idx[:, :256] = -1  # the first two tiles of the identity order see nothing
+    order = tiled_order(idx, lk, "identity")
+    poison_allocator()
+    out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None, order)
+    torch.cuda.synchronize()
+    check_forward(out, lse, *reference(q, k, v, idx), torch.bfloat16)
+    out2, lse2 = torch.ops.attnx.sparse_attention(q, k, v, idx, None, tiled_order(idx, lk, "similar"))
+    check_forward(out2, lse2, *reference(q, k, v, idx), torch.bfloat16)
+
+
+def test_sparse_tiled_forward_through_the_api(monkeypatch):
+    """ATTNX_SPARSE_TILED=1: attnx.sparse_attention orders the queries itself; autograd still runs
+    the native backward on the same lists."""
+    need(torch.bfloat16, 64, backward=True)
+    monkeypatch.setenv("ATTNX_SPARSE_TILED", "1")
+    torch.manual_seed(11)
+    q, k, v = (torch.randn(1, 500, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    idx = random_indices(1, 500, 2, 500, 40)
+    out = attnx.sparse_attention(q, k, v, idx)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ro, _, rg = reference(q, k, v, idx, dout)
+    assert rel_err(out, ro) < OUT_TOL[torch.bfloat16]
+    for g, r in zip(grads, rg):
+        assert rel_err(g, r) < GRAD_TOL[torch.bfloat16]
+
+
+def test_pq_sparse_attention_tiled_matches_untiled(monkeypatch):
+    need(torch.bfloat16, 64)
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(1, 1024, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    cb = attnx.pq.fit(k, 8, 64, iters=3)
+    plain = attnx.pq_sparse_attention(q, k, v, 64, codebook=cb)
+    monkeypatch.setenv("ATTNX_SPARSE_TILED", "1")
+    tiled = attnx.pq_sparse_attention(q, k, v, 64, codebook=cb)
+    assert not torch.isnan(tiled).any()
+    assert rel_err(tiled, plain) < OUT_TOL[torch.bfloat16]
+
+
+def test_sparse_tiled_forward_rejects_a_mis_shaped_order():
+    need(torch.bfloat16, 64)
+    q, k, v = (torch.randn(1, 64, 2, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    idx = random_indices(1, 64, 2, 64, 8)
+    for bad in (torch.zeros(1, 64, 2, dtype=torch.int32, device="cuda"),
+                torch.zeros(1, 2, 64, dtype=torch.int64, device="cuda")):
+        with pytest.raises(RuntimeError, match="'query_order'"):
+            torch.ops.attnx.sparse_attention(q, k, v, idx, None, bad)

@@ -157,3 +157,61 @@ def test_sparse_chunked(which, monkeypatch):
     assert_close(lse, lse_ref, 1e-10, "lse")
     for a, b, n in zip(g, g0, ("dq", "dk", "dv")):
         assert_close(a, b, 1e-10, n)
+
+
+def test_sparse_query_order_does_not_change_the_result():
+    """query_order only changes how the native forward tiles queries: the reference ignores it
+    after checking it."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 20, 3, 16, dtype=torch.float64) for _ in range(3))
+    idx = torch.rand(2, 20, 3, 20).topk(5, dim=-1).indices.int()
+    order = torch.rand(2, 3, 20).argsort(dim=-1).int()
+    a = torch.ops.attnx.sparse_attention(q, k, v, idx, None)
+    b = torch.ops.attnx.sparse_attention(q, k, v, idx, None, order)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "not_a_permutation"])
+def test_sparse_bad_query_order(bad):
+    q, k, v = (torch.randn(1, 8, 2, 16) for _ in range(3))
+    idx = torch.rand(1, 8, 2, 8).topk(3, dim=-1).indices.int()
+    order = torch.arange(8, dtype=torch.int32).expand(1, 2, 8).contiguous()
+    if bad == "shape":
+        order = order.transpose(1, 2).contiguous()
+    elif bad == "dtype":
+        order = order.long()
+    else:
+        order = order.clone()
+        order[0, 1, 3] = 2
+    with pytest.raises(ValueError, match="query_order"):
+        torch.ops.attnx.sparse_attention(q, k, v, idx, None, order)
+
+
+def test_similar_lists_order_groups_equal_lists():
+    """Queries with the same list get the same MinHash pair, so each group is contiguous."""
+    from attnx.ops.sparse import similar_lists_order
+    torch.manual_seed(1)
+    lists = torch.rand(6, 500).topk(20, dim=-1).indices.int()
+    group = torch.randint(0, 6, (2, 300, 3))
+    idx = lists[group]
+    idx[0, 5, 1, 3] = -1  # an empty slot does not count
+    order = similar_lists_order(idx, 500)
+    assert order.shape == (2, 3, 300) and order.dtype == torch.int32
+    assert torch.equal(order.sort(dim=-1).values, torch.arange(300, dtype=torch.int32).expand(2, 3, 300))
+    for b in range(2):
+        for h in range(3):
+            g = group[b, :, h][order[b, h].long()]
+            assert (g[1:] != g[:-1]).sum().item() <= 6  # 6 groups: at most 5 changes (+1: the row with -1)
+
+
+def test_query_code_order_sorts_by_the_first_two_codes():
+    from attnx.ops.pq import query_code_order
+    torch.manual_seed(2)
+    q = torch.randn(1, 64, 2, 16)
+    cb = attnx.pq.fit(torch.randn(1, 64, 2, 16), 4, 8, iters=2)
+    order = query_code_order(q, cb.centroids)
+    codes = attnx.pq.encode(q, cb).long()
+    key = (codes[..., 0] * 256 + codes[..., 1]).transpose(1, 2)
+    assert torch.equal(order.sort(dim=-1).values, torch.arange(64, dtype=torch.int32).expand(1, 2, 64))
+    sorted_keys = key.gather(-1, order.long())
+    assert (sorted_keys[..., 1:] >= sorted_keys[..., :-1]).all()

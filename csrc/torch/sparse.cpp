@@ -58,22 +58,43 @@ sparse::SparseFwdParams make_fwd_params(const Tensor& q, const Tensor& k, const 
   return p;
 }
 
+// query_order: int32 [B, Hq, Lq] contiguous on q's device (a permutation per (batch, head); the
+// Python API makes it, so its values are not checked here: the kernels clamp them into range).
+void check_query_order(const char* op, const Tensor& q, const Tensor& order) {
+  STD_TORCH_CHECK(order.is_cuda() && order.get_device_index() == q.get_device_index(), op,
+                  ": argument 'query_order' must be on the device of 'q'");
+  STD_TORCH_CHECK(order.scalar_type() == ScalarType::Int && order.dim() == 3 && order.size(0) == q.size(0) &&
+                      order.size(1) == q.size(2) && order.size(2) == q.size(1) && order.is_contiguous(),
+                  op, ": argument 'query_order' must be a contiguous int32 [B, H, Lq] tensor for 'q' ", shape_str(q),
+                  "; got shape ", shape_str(order));
+}
+
 void check_unsupported(const char* op, Status status, int64_t head_dim) {
   STD_TORCH_CHECK(status != Status::kUnsupported, op, ": no native kernel for head dim ", head_dim,
                   " and this dtype (built: ", fmha::built_instances(), "); the Python API runs the reference for it");
 }
 
+// With query_order, the tiled forward (queries grouped by the order, the union of a tile's lists
+// on tensor cores) where the pre-pass fits Lk; the per-query kernel otherwise.
 std::tuple<Tensor, Tensor> sparse_attention_cuda(Tensor q, Tensor k, Tensor v, Tensor indices,
-                                                 std::optional<double> scale) {
+                                                 std::optional<double> scale, std::optional<Tensor> query_order) {
   constexpr const char* kOp = "attnx::sparse_attention";
   check_qkv(kOp, q, k, v, 4);
   STD_TORCH_CHECK(k.size(0) == q.size(0), kOp, ": argument 'k' has shape ", shape_str(k),
                   "; its batch must match 'q' ", shape_str(q));
   check_indices(kOp, q, indices);
+  if (query_order.has_value()) check_query_order(kOp, q, *query_order);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
   Tensor out = torch::stable::new_empty(q, sizes(q));
   Tensor lse = torch::stable::new_empty(q, {q.size(0), q.size(1), q.size(2)}, ScalarType::Float);
-  const sparse::SparseFwdParams p = make_fwd_params(q, k, v, indices, out, lse, scale);
+  sparse::SparseFwdParams p = make_fwd_params(q, k, v, indices, out, lse, scale);
+  std::optional<Tensor> workspace;
+  if (query_order.has_value() && sparse::sparse_tile_unions_fit(p)) {
+    p.query_order = static_cast<const int*>(query_order->data_ptr());
+    workspace = torch::stable::new_empty(q, {std::max<int64_t>(sparse::sparse_gather_workspace_words(p), 1)},
+                                         ScalarType::Int);
+    p.gather_workspace = workspace->data_ptr();
+  }
   const Status status = sparse::sparse_fwd(p, static_cast<cudaStream_t>(current_stream(kOp, q)));
   check_unsupported(kOp, status, p.head_dim);
   check_launched(kOp, status);
@@ -82,7 +103,8 @@ std::tuple<Tensor, Tensor> sparse_attention_cuda(Tensor q, Tensor k, Tensor v, T
 
 std::tuple<Tensor, Tensor, Tensor> sparse_attention_backward_cuda(Tensor dout, std::optional<Tensor> dlse, Tensor q,
                                                                   Tensor k, Tensor v, Tensor out, Tensor lse,
-                                                                  Tensor indices, std::optional<double> scale) {
+                                                                  Tensor indices, std::optional<double> scale,
+                                                                  std::optional<Tensor> /*query_order: forward only*/) {
   constexpr const char* kOp = "attnx::sparse_attention_backward";
   check_qkv(kOp, q, k, v, 4);
   check_indices(kOp, q, indices);

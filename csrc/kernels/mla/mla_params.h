@@ -6,13 +6,8 @@
 
 #include <cstdint>
 
+#include "../common/host_device.h"
 #include "../fmha/fmha_params.h"  // DType
-
-#if defined(__CUDACC__)
-#define ATTNX_HOST_DEVICE __host__ __device__
-#else
-#define ATTNX_HOST_DEVICE
-#endif
 
 namespace attnx::mla {
 

@@ -24,4 +24,13 @@ inline int64_t sparse_bwd_workspace_words(const SparseFwdParams& p) { return Spa
 // key_count, key_offset and key_queries of the workspace from p.indices.
 Status sparse_build_key_lists(const SparseBwdParams& p, cudaStream_t stream);
 
+// Tiled forward (p.query_order set): its workspace, and the pre-pass that fills it
+// (sparse_tile_union.cu). The pre-pass keeps a bitmap of the Lk keys and a few buffers of the same
+// size in shared memory: sparse_tile_unions_fit says whether Lk allows it (up to about 170K keys);
+// sparse_fwd runs the per-query kernel instead where it does not.
+constexpr int64_t kGatherUnionSmemLimit = 200 * 1024;
+inline int64_t sparse_gather_workspace_words(const SparseFwdParams& p) { return SparseGatherWorkspace::words(p); }
+bool sparse_tile_unions_fit(const SparseFwdParams& p);
+Status sparse_build_tile_unions(const SparseFwdParams& p, cudaStream_t stream);
+
 }  // namespace attnx::sparse

@@ -9,6 +9,7 @@
 #include "sparse_bwd_dkdv_kernel.cuh"
 #include "sparse_bwd_dq_kernel.cuh"
 #include "sparse_fwd_kernel.cuh"
+#include "sparse_gather_fwd_kernel.cuh"
 
 namespace attnx::sparse {
 
@@ -19,11 +20,31 @@ inline bool row_grid(const SparseFwdParams& p, dim3& grid) {
   return p.num_heads_q <= 65535 && p.batch <= 65535;
 }
 
+// The tiled forward: the pre-pass (unions and masks), then one CTA per tile of 128 ordered queries.
+template <class Elem, int D>
+Status run_sparse_gather_fwd(const SparseFwdParams& p, cudaStream_t stream) {
+  using Traits = typename SparseGatherConfig<Elem, D>::Traits;
+  const dim3 grid(static_cast<unsigned>(SparseGatherWorkspace::num_m_tiles(p)), p.num_heads_q, p.batch);
+  if (grid.x * grid.y * grid.z == 0) return Status::kSuccess;
+  Status st = sparse_build_tile_unions(p, stream);
+  if (st != Status::kSuccess) return st;
+  auto kernel = sparse_gather_fwd_kernel<Traits>;
+  constexpr int kSmem = Traits::kSmemBytes;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess)
+    return Status::kCudaError;
+  kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(p, static_cast<int>(SparseGatherWorkspace::max_chunks(p)));
+  return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
+}
+
+// With a query order (and Lk small enough for the pre-pass's shared-memory bitmap) the tiled
+// forward, else one warp per query.
 template <class Elem, int D>
 Status run_sparse_fwd(const SparseFwdParams& p, cudaStream_t stream) {
   dim3 grid;
   if (!row_grid(p, grid)) return Status::kInvalidArgument;
   if (grid.x * grid.y * grid.z == 0) return Status::kSuccess;
+  if (p.query_order != nullptr && p.gather_workspace != nullptr && sparse_tile_unions_fit(p))
+    return run_sparse_gather_fwd<Elem, D>(p, stream);
   sparse_fwd_kernel<Elem, D, kRowWarps><<<grid, kRowWarps * 32, 0, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }

@@ -1,6 +1,8 @@
 """Sparse attention over listed keys: op and public API."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .. import _native
@@ -9,22 +11,53 @@ from ..reference import sparse as ref
 from ._registry import define_attention_like
 
 
-def _forward(q, k, v, indices, scale):
+def _forward(q, k, v, indices, scale, query_order):
     ref.check_sparse(q, k, v, indices)  # values too: range and duplicates
+    if query_order is not None:  # the order changes how the kernel tiles queries, not the result
+        ref.check_query_order(q, query_order)
     return ref.sparse_fwd(q, k, v, indices, scale)
 
 
 sparse_op, sparse_backward_op = define_attention_like(
-    "sparse_attention", "Tensor indices, float? scale=None",
+    "sparse_attention", "Tensor indices, float? scale=None, Tensor? query_order=None",
     _forward,
-    lambda dout, dlse, q, k, v, out, lse, idx, scale: ref.sparse_bwd(dout, dlse, q, k, v, idx, scale),
+    lambda dout, dlse, q, k, v, out, lse, idx, scale, order: ref.sparse_bwd(dout, dlse, q, k, v, idx, scale),
     family="pq_sparse")
 
 
-def sparse_call(q, k, v, indices, scale, *, trusted: bool = False):
+def tiled_forward_enabled() -> bool:
+    """ATTNX_SPARSE_TILED=1: the native forward groups queries with similar lists into tiles of
+    128 and runs each tile over the union of its lists on tensor cores (built 2026-12-08, not yet
+    measured on a GPU, hence off by default)."""
+    return os.environ.get("ATTNX_SPARSE_TILED", "") not in ("", "0")
+
+
+_MINHASH_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # odd 32-bit constants (Fibonacci, murmur3)
+
+
+def similar_lists_order(indices, seqlen_k: int):
+    """int32 [B, H, Lq]: each (batch, head)'s queries sorted by two MinHash values of their lists.
+
+    Two lists have the same MinHash with probability equal to their Jaccard similarity, so queries
+    whose lists overlap much land next to each other and share most of a tile's union of keys.
+    One head at a time: the hashes are int64, twice the bytes of that head's indices."""
+    b, lq, h, _ = indices.shape
+    keys = torch.empty(b, h, lq, dtype=torch.int64, device=indices.device)
+    for hh in range(h):
+        idx = indices[:, :, hh].to(torch.int64)
+        valid = (idx >= 0) & (idx < seqlen_k)
+        m1, m2 = (torch.where(valid, (idx * a) & 0x7FFFFFFF, 0x7FFFFFFF).amin(dim=-1) if idx.shape[-1] else
+                  torch.zeros(b, lq, dtype=torch.int64, device=idx.device) for a in _MINHASH_MULTIPLIERS)
+        keys[:, hh] = (m1 << 31) | m2
+    return keys.argsort(dim=-1).to(torch.int32)
+
+
+def sparse_call(q, k, v, indices, scale, *, trusted: bool = False, query_order=None):
     """(out, lse) through the native kernels when they cover the call, else the reference.
 
-    ``trusted`` indices (made by attnx.pq.topk) skip the value checks."""
+    ``trusted`` indices (made by attnx.pq.topk) skip the value checks. ``query_order`` (int32
+    [B, H, Lq], a permutation per (batch, head)) selects the tiled native forward; with
+    ATTNX_SPARSE_TILED=1 and no order given, one is made from the lists (similar_lists_order)."""
     if _native.use_reference("sparse_attention", q, k, v):
         return ref._SparseRef.apply(q, k, v, indices, scale)
     if q.is_cuda and not torch.compiler.is_compiling():
@@ -32,7 +65,11 @@ def sparse_call(q, k, v, indices, scale, *, trusted: bool = False):
             ref.check_sparse_values(k, indices, duplicates=V.debug_checks())
         if indices.shape[-1] > 1 and indices.stride(-1) != 1:
             indices = indices.contiguous()
-    return sparse_op(q, k, v, indices, scale)
+        if query_order is None and tiled_forward_enabled():
+            query_order = similar_lists_order(indices, k.shape[1])
+        elif query_order is not None and V.debug_checks():
+            ref.check_query_order(q, query_order)
+    return sparse_op(q, k, v, indices, scale, query_order)
 
 
 def sparse_attention(q, k, v, indices, *, scale=None, return_lse=False):

@@ -40,6 +40,23 @@ def check_sparse_values(k, indices, *, duplicates: bool = True):
             V.fail("indices", "a key listed twice for one query", "distinct keys per query (-1 may repeat)")
 
 
+def check_query_order(q, query_order):
+    """query_order: int32 [B, H, Lq], each (batch, head) row a permutation of range(Lq). The values
+    are checked here (a sort), on the reference path only: the native path receives orders that
+    attnx made itself (argsort), and its kernels clamp any value into range."""
+    V.tensor("query_order", query_order, ndim=3, dtypes=(torch.int32,))
+    want = (q.shape[0], q.shape[2], q.shape[1])
+    if tuple(query_order.shape) != want:
+        V.fail("query_order", f"shape {tuple(query_order.shape)}", f"[B, H, Lq] = {want}")
+    if query_order.device != q.device:
+        V.fail("query_order", f"device {query_order.device}", f"the device of 'q' ({q.device})")
+    if query_order.numel() and not torch.equal(query_order.sort(dim=-1).values,
+                                               torch.arange(q.shape[1], device=q.device, dtype=torch.int32)
+                                               .expand_as(query_order)):
+        V.fail("query_order", "a row that is not a permutation of the query positions",
+               f"each [b, h] row a permutation of range({q.shape[1]})")
+
+
 def sparse_fwd(q, k, v, indices, scale):
     return gathered_attention(q, k, v, lambda sl: indices[:, sl], indices.shape[-1], default_scale(scale, q.shape[-1]))
 

@@ -1,6 +1,8 @@
 """pq_sparse: PQ top-k selection, sparse attention and the PQ layer against dense SDPA."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 import attnx
@@ -15,6 +17,28 @@ PQ = {  # B, L, H, D, subspaces, centroids, k-means iterations
     "cpu": (1, 256, 2, 64, 8, 16, 5),
     "cpu-quick": (1, 128, 2, 64, 8, 16, 3),
 }
+
+
+def _tiled_impl(ctx: Ctx, run, kernel, **kw) -> list:
+    """attnx again with ATTNX_SPARSE_TILED=1 (queries grouped into tiles of 128, each tile's union of
+    keys on tensor cores): a second attnx row of the case, checked like the first. GPU only."""
+    if not ctx.cuda:
+        return []
+
+    def tiled(s):
+        old = os.environ.get("ATTNX_SPARSE_TILED")
+        os.environ["ATTNX_SPARSE_TILED"] = "1"
+        try:
+            return run(s)
+        finally:
+            if old is None:
+                del os.environ["ATTNX_SPARSE_TILED"]
+            else:
+                os.environ["ATTNX_SPARSE_TILED"] = old
+
+    impl = _attnx_impl(ctx, tiled, kernel, **kw)
+    impl.name = "attnx tiled (ATTNX_SPARSE_TILED=1)"
+    return [impl]
 
 
 def pq_sparse(ctx: Ctx) -> list:
@@ -54,19 +78,23 @@ def pq_sparse(ctx: Ctx) -> list:
     sparse_case = Case(
         family="pq_sparse", name=f"sparse_attention L{l} H{h} D{d} k{k_top} (PQ-selected)", make_set=make_set,
         impls=lambda: [_attnx_impl(ctx, run_sparse, lambda s: ctx.op_status("sparse_attention"),
-                                   ref_seconds=ref_full)] + peers(),
+                                   ref_seconds=ref_full)]
+        + _tiled_impl(ctx, run_sparse, lambda s: ctx.op_status("sparse_attention"), ref_seconds=ref_full) + peers(),
         set_bytes=set_bytes, expected=expected_sparse, subset=lambda o: o[-1:], flops=sparse_flops, dtype=ctx.dtype,
         params=dict(params), note="TFLOP/s of the sparse rows count the L*k attended pairs")
     layer_case = Case(
         family="pq_sparse", name=f"pq_sparse_attention L{l} H{h} D{d} k{k_top} (encode+topk+attend)",
         make_set=make_set,
         impls=lambda: [_attnx_impl(ctx, run_layer, lambda s: ctx.op_status("pq_encode", "pq_topk", "sparse_attention"),
-                                   ref_seconds=ref_full, note="codebook fitted beforehand")] + peers(),
+                                   ref_seconds=ref_full, note="codebook fitted beforehand")]
+        + _tiled_impl(ctx, run_layer, lambda s: ctx.op_status("pq_encode", "pq_topk", "sparse_attention"),
+                      ref_seconds=ref_full, note="codebook fitted beforehand; query order from q's codes") + peers(),
         set_bytes=set_bytes, expected=expected_layer, subset=lambda o: o[-1:], flops=sparse_flops, dtype=ctx.dtype,
         params=dict(params), note="TFLOP/s counts the attention over the selected keys only")
     b2, l2, h2, d2, k2 = PQ_TRAIN[ctx.mode]
     return [sparse_case, layer_case, _pq_topk_case(ctx, b, l, h, d, m, c, l // 16),
-            _pq_topk_case(ctx, b, l, h, d, 2 * m, c, l // 16), _pq_topk_case(ctx, b2, l2, h2, d2, m, c, k2), _sparse_train_case(ctx, b2, l2, h2, d2, k2),
+            _pq_topk_case(ctx, b, l, h, d, 2 * m, c, l // 16), _pq_topk_case(ctx, b2, l2, h2, d2, m, c, k2),
+            _pq_sparse_fwd_case(ctx, b2, l2, h2, d2, m, c, k2), _sparse_train_case(ctx, b2, l2, h2, d2, k2),
             _pq_train_case(ctx, b2, l2, h2, d2, m, c, k2)]
 
 
@@ -158,12 +186,52 @@ def _pq_train_case(ctx, b, l, h, d, m, c, k_top):
                 make_set=make_set,
                 impls=lambda: ([_attnx_impl(ctx, run, kernel, ref_seconds=ref_full, prepare=prepare,
                                             note="encode + topk + attention fwd + bwd; codebook fitted beforehand")]
+                               + _tiled_impl(ctx, run, kernel, ref_seconds=ref_full, prepare=prepare,
+                                             note="the forward tiled (query order from q's codes)")
                                + P.sdpa_train_peers(ctx, causal=False,
                                                     flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, l * l),
                                                     note="dense attention over all L keys")),
                 set_bytes=5 * b * l * h * d * ctx.dtype.itemsize, max_sets=2,
                 flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, pairs), dtype=ctx.dtype,
                 note="target: 1.5x faster than SDPA flash fwd+bwd; TFLOP/s counts the L*k attended pairs",
+                params={"B": b, "L": l, "H": h, "D": d, "k_top": k_top, "num_subspaces": m, "num_centroids": c,
+                        "check_heads": hc})
+
+
+def _pq_sparse_fwd_case(ctx, b, l, h, d, m, c, k_top):
+    """sparse_attention's forward alone at the training case's size, on PQ-selected lists over
+    clustered keys (neighbouring queries share keys only once grouped): the per-query kernel and the
+    tiled one (its query order and pre-pass included in the timed call)."""
+    hc = _check_heads(ctx, h, cheap=False)
+    ref_full = gathered_ref_seconds(b, l, l, h, k_top, d, d, 3e-4, ctx.cuda)
+
+    def make_set(i):
+        q, k = clustered_qk(b, l, h, d, ctx, seed=i)
+        cb = attnx.pq.fit(k, m, c, iters=10, seed=i)
+        idx = attnx.pq.topk(q, attnx.pq.encode(k, cb), cb, k_top, sorted=False)
+        return {"q": q, "k": k, "v": randn((b, l, h, d), ctx), "indices": idx}
+
+    def run(s):
+        return attnx.sparse_attention(s["q"], s["k"], s["v"], s["indices"])
+
+    def expected(s):
+        q, k, v = (last_batch_heads(s[n], hc) for n in ("q", "k", "v"))
+        return attnx.reference.sparse_attention(q, k, v, s["indices"][-1:, :, h - hc:].contiguous())
+
+    def kernel(s):
+        return ctx.op_status("sparse_attention")
+
+    return Case(family="pq_sparse", name=f"sparse_attention fwd L{l} H{h} D{d} k{k_top} (PQ-selected, clustered)",
+                make_set=make_set,
+                impls=lambda: ([_attnx_impl(ctx, run, kernel, ref_seconds=ref_full)]
+                               + _tiled_impl(ctx, run, kernel, ref_seconds=ref_full,
+                                             note="query order: MinHash of the lists")
+                               + P.sdpa_peers(ctx, causal=False, flops=attention_flops(b, h, d, l * l),
+                                              note="dense attention over all L keys", check=False)),
+                set_bytes=3 * b * l * h * d * ctx.dtype.itemsize + b * l * h * k_top * 4, max_sets=2,
+                expected=expected, subset=lambda o: o[-1:, :, h - hc:], dtype=ctx.dtype,
+                flops=attention_flops(b, h, d, l * k_top),
+                note="TFLOP/s counts the L*k attended pairs",
                 params={"B": b, "L": l, "H": h, "D": d, "k_top": k_top, "num_subspaces": m, "num_centroids": c,
                         "check_heads": hc})
 
