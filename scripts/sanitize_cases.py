@@ -145,7 +145,8 @@ for name in sorted(_native.instances()):
     idx[:, :128] = -1
     torch.ops.attnx.sparse_attention(q, k, k, idx, None,
                                      torch.arange(300, dtype=torch.int32, device="cuda").expand(1, 2, 300).contiguous())
-    ran.append(name + (" (+ sparse_bwd)" if backward else "") + " (+ tiled forward)")
+    torch.ops.attnx.sparse_list_minhash(idx, 1500)
+    ran.append(name + (" (+ sparse_bwd)" if backward else "") + " (+ tiled forward, list MinHash)")
 if _native.has_cuda_kernel("pq_topk") and not (NA_BWD_ONLY or BWD_ONLY):
     # PQ top-k, sorted and not: every M, q dtype; k near Lk, causal rows with no key, all-equal
     # scores (truncation); scanned rows (Lk >= 4 x the selection slots), lists over 1024; and the

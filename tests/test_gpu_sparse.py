@@ -307,3 +307,13 @@ def test_sparse_tiled_forward_rejects_a_mis_shaped_order():
                 torch.zeros(1, 2, 64, dtype=torch.int64, device="cuda")):
         with pytest.raises(RuntimeError, match="'query_order'"):
             torch.ops.attnx.sparse_attention(q, k, v, idx, None, bad)
+
+
+def test_list_minhash_kernel_matches_the_reference():
+    need(torch.bfloat16, 64)
+    from attnx.ops.sparse import _list_minhash
+    idx = random_indices(2, 300, 3, 1000, 70)
+    idx[0, 4, 1, 5] = 5000  # outside [0, Lk): ignored
+    view = torch.cat([idx, idx], dim=-1)[..., ::2]  # a strided last dim is made contiguous by the caller
+    for x in (idx, view.contiguous(), idx[:, :, :, :0]):
+        assert torch.equal(torch.ops.attnx.sparse_list_minhash(x, 1000), _list_minhash(x, 1000))

@@ -215,3 +215,19 @@ def test_query_code_order_sorts_by_the_first_two_codes():
     assert torch.equal(order.sort(dim=-1).values, torch.arange(64, dtype=torch.int32).expand(1, 2, 64))
     sorted_keys = key.gather(-1, order.long())
     assert (sorted_keys[..., 1:] >= sorted_keys[..., :-1]).all()
+
+
+def test_list_minhash_values():
+    """The MinHash pair of a row: the least ((j * a) mod 2^32) >> 1 over its valid keys, per
+    multiplier; 2^31 - 1 for a row without a key (the CUDA kernel is checked against this on the GPU)."""
+    idx = torch.tensor([[[[3, -1, 7]], [[-1, -1, 50]], [[2**20, 0, 5]]]], dtype=torch.int32)  # [1, 3, 1, 3]
+    keys = torch.ops.attnx.sparse_list_minhash(idx, 10)
+    assert keys.shape == (1, 1, 3) and keys.dtype == torch.int64
+
+    def h(j, a):
+        return ((j * a) % 2**32) >> 1
+
+    for i, row in enumerate([[3, 7], [], [0, 5]]):
+        m1 = min((h(j, 0x9E3779B1) for j in row), default=2**31 - 1)
+        m2 = min((h(j, 0x85EBCA77) for j in row), default=2**31 - 1)
+        assert keys[0, 0, i].item() == m1 * 2**31 + m2

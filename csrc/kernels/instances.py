@@ -52,7 +52,8 @@ FAMILIES = {
 }
 # Sources every kernel set builds (not templated per instance).
 FIXED_SOURCES = ["mla/mla_metadata.cu", "na/na_bwd_plan.cu", "pq/pq_encode.cu", "pq/pq_scan.cu", "pq/pq_topk.cu",
-                 "sparse/sparse_key_lists.cu", "sparse/sparse_tile_union.cu", "varlen/varlen_pack.cu"]
+                 "sparse/sparse_key_lists.cu", "sparse/sparse_list_minhash.cu", "sparse/sparse_tile_union.cu",
+                 "varlen/varlen_pack.cu"]
 
 
 def name(inst) -> str:

@@ -138,10 +138,36 @@ std::tuple<Tensor, Tensor, Tensor> sparse_attention_backward_cuda(Tensor dout, s
   return {dq, dk, dv};
 }
 
+Tensor sparse_list_minhash_cuda(Tensor indices, int64_t seqlen_k) {
+  constexpr const char* kOp = "attnx::sparse_list_minhash";
+  STD_TORCH_CHECK(indices.is_cuda() && indices.scalar_type() == ScalarType::Int && indices.dim() == 4, kOp,
+                  ": argument 'indices' must be a CUDA int32 [B, Lq, H, k] tensor; got shape ", shape_str(indices));
+  STD_TORCH_CHECK(indices.size(3) <= 1 || indices.stride(3) == 1, kOp,
+                  ": argument 'indices' needs a contiguous last dimension");
+  for (int d = 0; d < 4; ++d)
+    STD_TORCH_CHECK(indices.size(d) < (1LL << 31), kOp, ": argument 'indices' has shape ", shape_str(indices),
+                    "; allowed: every size below 2^31");
+  STD_TORCH_CHECK(seqlen_k >= 0 && seqlen_k < (1LL << 31), kOp, ": argument 'seqlen_k' is ", seqlen_k,
+                  "; allowed: 0 to 2^31 - 1");
+  torch::stable::accelerator::DeviceGuard guard(indices.get_device_index());
+  Tensor keys = torch::stable::new_empty(indices, {indices.size(0), indices.size(2), indices.size(1)}, ScalarType::Long);
+  sparse::SparseMinhashParams p;
+  p.indices = static_cast<const int*>(indices.data_ptr());
+  p.idx_batch_stride = indices.stride(0), p.idx_row_stride = indices.stride(1), p.idx_head_stride = indices.stride(2);
+  p.batch = static_cast<int>(indices.size(0)), p.seqlen_q = static_cast<int>(indices.size(1));
+  p.heads = static_cast<int>(indices.size(2)), p.topk = static_cast<int>(indices.size(3));
+  p.seqlen_k = static_cast<int>(seqlen_k);
+  p.keys = static_cast<int64_t*>(keys.data_ptr());
+  const Status status = sparse::sparse_list_minhash(p, static_cast<cudaStream_t>(current_stream(kOp, indices)));
+  check_launched(kOp, status);
+  return keys;
+}
+
 }  // namespace
 }  // namespace attnx::binding
 
 STABLE_TORCH_LIBRARY_IMPL(attnx, CUDA, m) {
   m.impl("sparse_attention", TORCH_BOX(&attnx::binding::sparse_attention_cuda));
   m.impl("sparse_attention_backward", TORCH_BOX(&attnx::binding::sparse_attention_backward_cuda));
+  m.impl("sparse_list_minhash", TORCH_BOX(&attnx::binding::sparse_list_minhash_cuda));
 }

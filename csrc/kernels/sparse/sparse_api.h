@@ -33,4 +33,14 @@ inline int64_t sparse_gather_workspace_words(const SparseFwdParams& p) { return 
 bool sparse_tile_unions_fit(const SparseFwdParams& p);
 Status sparse_build_tile_unions(const SparseFwdParams& p, cudaStream_t stream);
 
+// Two MinHash values of each index row, the sort key of the tiled forward's query order
+// (sparse_list_minhash.cu): keys int64 [B, H, Lq] contiguous.
+struct SparseMinhashParams {
+  const int* indices = nullptr;  // [B, Lq, H, topk], contiguous last dim
+  int64_t idx_batch_stride = 0, idx_row_stride = 0, idx_head_stride = 0;
+  int batch = 0, seqlen_q = 0, heads = 0, topk = 0, seqlen_k = 0;
+  int64_t* keys = nullptr;
+};
+Status sparse_list_minhash(const SparseMinhashParams& p, cudaStream_t stream);
+
 }  // namespace attnx::sparse

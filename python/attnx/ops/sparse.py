@@ -8,7 +8,7 @@ import torch
 from .. import _native
 from .. import _validate as V
 from ..reference import sparse as ref
-from ._registry import define_attention_like
+from ._registry import define, define_attention_like
 
 
 def _forward(q, k, v, indices, scale, query_order):
@@ -33,23 +33,46 @@ def tiled_forward_enabled() -> bool:
 
 
 _MINHASH_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77)  # odd 32-bit constants (Fibonacci, murmur3)
+_NO_KEY = 0x7FFFFFFF
+
+
+def _list_minhash(indices, seqlen_k):
+    """int64 [B, H, Lq]: m_1 * 2^31 + m_2 with m_a the least h_a(j) = ((j * a) mod 2^32) >> 1 over the
+    row's keys j in [0, Lk) (2^31 - 1 for a row without one). One head at a time: the hashes are
+    int64, twice the bytes of that head's indices. The CUDA kernel (sparse_list_minhash.cu)
+    computes the same values."""
+    b, lq, h, kk = indices.shape
+    keys = torch.empty(b, h, lq, dtype=torch.int64, device=indices.device)
+    for hh in range(h):
+        idx = indices[:, :, hh].to(torch.int64)
+        valid = (idx >= 0) & (idx < seqlen_k)
+        m = [torch.full((b, lq), _NO_KEY, dtype=torch.int64, device=idx.device) if kk == 0 else
+             torch.where(valid, ((idx * a) & 0xFFFFFFFF) >> 1, _NO_KEY).amin(dim=-1) for a in _MINHASH_MULTIPLIERS]
+        keys[:, hh] = (m[0] << 31) | m[1]
+    return keys
+
+
+def _minhash_fake(indices, seqlen_k):
+    return indices.new_empty((indices.shape[0], indices.shape[2], indices.shape[1]), dtype=torch.int64)
+
+
+def _minhash_checked(indices, seqlen_k):
+    V.tensor("indices", indices, ndim=4, dtypes=(torch.int32,))
+    if seqlen_k < 0:
+        V.fail("seqlen_k", seqlen_k, "a key count >= 0")
+    return _list_minhash(indices, seqlen_k)
+
+
+minhash_op = define("sparse_list_minhash", "(Tensor indices, int seqlen_k) -> Tensor", _minhash_checked,
+                    fake=_minhash_fake, family="pq_sparse")
 
 
 def similar_lists_order(indices, seqlen_k: int):
     """int32 [B, H, Lq]: each (batch, head)'s queries sorted by two MinHash values of their lists.
 
     Two lists have the same MinHash with probability equal to their Jaccard similarity, so queries
-    whose lists overlap much land next to each other and share most of a tile's union of keys.
-    One head at a time: the hashes are int64, twice the bytes of that head's indices."""
-    b, lq, h, _ = indices.shape
-    keys = torch.empty(b, h, lq, dtype=torch.int64, device=indices.device)
-    for hh in range(h):
-        idx = indices[:, :, hh].to(torch.int64)
-        valid = (idx >= 0) & (idx < seqlen_k)
-        m1, m2 = (torch.where(valid, (idx * a) & 0x7FFFFFFF, 0x7FFFFFFF).amin(dim=-1) if idx.shape[-1] else
-                  torch.zeros(b, lq, dtype=torch.int64, device=idx.device) for a in _MINHASH_MULTIPLIERS)
-        keys[:, hh] = (m1 << 31) | m2
-    return keys.argsort(dim=-1).to(torch.int32)
+    whose lists overlap much land next to each other and share most of a tile's union of keys."""
+    return minhash_op(indices, seqlen_k).argsort(dim=-1).to(torch.int32)
 
 
 def sparse_call(q, k, v, indices, scale, *, trusted: bool = False, query_order=None):
@@ -84,6 +107,10 @@ def sparse_attention(q, k, v, indices, *, scale=None, return_lse=False):
     atomics on the gradients). Other configs run the reference. Checks on CUDA: index values in
     [-1, Lk) on every call (a host sync); duplicates only with ``ATTNX_DEBUG=1`` (the native
     kernels never read out of bounds, but a duplicated key would count twice in the forward).
+
+    ``ATTNX_SPARSE_TILED=1`` (opt-in, not yet measured on a GPU) runs the forward tiled: queries are
+    ordered by two MinHash values of their lists, and each tile of 128 runs over the union of its
+    lists on tensor cores with a bit mask (docs/perf-notes.md).
     """
     ref.check_sparse(q, k, v, indices, check_values=False)
     out, lse = sparse_call(q, k, v, indices, scale)
