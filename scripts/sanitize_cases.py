@@ -138,15 +138,20 @@ for name in sorted(_native.instances()):
                                                       lse, idx, None)
         # the tiled forward (pre-pass + gathered tiles): partial tiles, a tile with no key
         order = torch.rand(b, hq, lq, device="cuda").argsort(dim=-1).int()
-        torch.ops.attnx.sparse_attention(q, k, k, idx, None, order)
+        out, lse = torch.ops.attnx.sparse_attention(q, k, k, idx, None, order)
+        if backward:  # tiled at head dim 64, the per-row backward otherwise
+            torch.ops.attnx.sparse_attention_backward(torch.randn_like(out), torch.randn_like(lse), q, k, k, out,
+                                                      lse, idx, None, order)
     q = torch.randn(1, 300, 2, hd, device="cuda", dtype=dtype)
     k = torch.randn(1, 1500, 2, hd, device="cuda", dtype=dtype)
     idx = torch.rand(1, 300, 2, 1500, device="cuda").argsort(dim=-1)[..., :200].int()  # unions of many chunks
     idx[:, :128] = -1
-    torch.ops.attnx.sparse_attention(q, k, k, idx, None,
-                                     torch.arange(300, dtype=torch.int32, device="cuda").expand(1, 2, 300).contiguous())
+    order = torch.arange(300, dtype=torch.int32, device="cuda").expand(1, 2, 300).contiguous()
+    out, lse = torch.ops.attnx.sparse_attention(q, k, k, idx, None, order)
+    if backward:
+        torch.ops.attnx.sparse_attention_backward(torch.randn_like(out), None, q, k, k, out, lse, idx, None, order)
     torch.ops.attnx.sparse_list_minhash(idx, 1500)
-    ran.append(name + (" (+ sparse_bwd)" if backward else "") + " (+ tiled forward, list MinHash)")
+    ran.append(name + (" (+ sparse_bwd)" if backward else "") + " (+ tiled forward and backward, list MinHash)")
 if _native.has_cuda_kernel("pq_topk") and not (NA_BWD_ONLY or BWD_ONLY):
     # PQ top-k, sorted and not: every M, q dtype; k near Lk, causal rows with no key, all-equal
     # scores (truncation); scanned rows (Lk >= 4 x the selection slots), lists over 1024; and the

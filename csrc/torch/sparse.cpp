@@ -75,7 +75,8 @@ void check_unsupported(const char* op, Status status, int64_t head_dim) {
 }
 
 // With query_order, the tiled forward (queries grouped by the order, the union of a tile's lists
-// on tensor cores) where the pre-pass fits Lk; the per-query kernel otherwise.
+// on tensor cores) where the pre-pass fits Lk; the per-query kernel otherwise. The backward takes
+// the same order: tiled at head dim 64 (dQ per tile, dK/dV added to float32 accumulators).
 std::tuple<Tensor, Tensor> sparse_attention_cuda(Tensor q, Tensor k, Tensor v, Tensor indices,
                                                  std::optional<double> scale, std::optional<Tensor> query_order) {
   constexpr const char* kOp = "attnx::sparse_attention";
@@ -104,11 +105,12 @@ std::tuple<Tensor, Tensor> sparse_attention_cuda(Tensor q, Tensor k, Tensor v, T
 std::tuple<Tensor, Tensor, Tensor> sparse_attention_backward_cuda(Tensor dout, std::optional<Tensor> dlse, Tensor q,
                                                                   Tensor k, Tensor v, Tensor out, Tensor lse,
                                                                   Tensor indices, std::optional<double> scale,
-                                                                  std::optional<Tensor> /*query_order: forward only*/) {
+                                                                  std::optional<Tensor> query_order) {
   constexpr const char* kOp = "attnx::sparse_attention_backward";
   check_qkv(kOp, q, k, v, 4);
   check_indices(kOp, q, indices);
   check_backward_tensors(kOp, q, out, dout, lse);
+  if (query_order.has_value()) check_query_order(kOp, q, *query_order);
   out = tma_ready(out);  // 16-byte row loads need the same views TMA does
   dout = tma_ready(dout);
   lse = torch::stable::contiguous(lse);
@@ -125,9 +127,21 @@ std::tuple<Tensor, Tensor, Tensor> sparse_attention_backward_cuda(Tensor dout, s
   p.dq_batch_stride = dq.stride(0), p.dq_row_stride = dq.stride(1), p.dq_head_stride = dq.stride(2);
   p.dk_batch_stride = dk.stride(0), p.dk_row_stride = dk.stride(1), p.dk_head_stride = dk.stride(2);
   p.dv_batch_stride = dv.stride(0), p.dv_row_stride = dv.stride(1), p.dv_head_stride = dv.stride(2);
-  Tensor workspace =
-      torch::stable::new_empty(q, {std::max<int64_t>(sparse::sparse_bwd_workspace_words(p), 1)}, ScalarType::Int);
-  p.workspace = workspace.data_ptr();
+  // With a query order and head dim 64 the tiled backward (its own workspace), else the per-row one.
+  if (query_order.has_value() && p.head_dim == 64 && sparse::sparse_tile_unions_fit(p)) {
+    p.query_order = static_cast<const int*>(query_order->data_ptr());
+  }
+  Tensor workspace = torch::stable::new_empty(
+      q,
+      {std::max<int64_t>(p.query_order != nullptr ? sparse::sparse_gather_bwd_workspace_words(p)
+                                                  : sparse::sparse_bwd_workspace_words(p),
+                         1)},
+      ScalarType::Int);
+  if (p.query_order != nullptr) {
+    p.gather_workspace = workspace.data_ptr();
+  } else {
+    p.workspace = workspace.data_ptr();
+  }
   const Status status = sparse::sparse_bwd(p, static_cast<cudaStream_t>(current_stream(kOp, q)));
   check_unsupported(kOp, status, p.head_dim);
   STD_TORCH_CHECK(status != Status::kInvalidArgument, kOp, ": sizes out of the native backward's range (Lq * Hq / Hk = ",

@@ -30,6 +30,8 @@ Status sparse_build_key_lists(const SparseBwdParams& p, cudaStream_t stream);
 // sparse_fwd runs the per-query kernel instead where it does not.
 constexpr int64_t kGatherUnionSmemLimit = 200 * 1024;
 inline int64_t sparse_gather_workspace_words(const SparseFwdParams& p) { return SparseGatherWorkspace::words(p); }
+// The tiled backward (head dim 64; p.query_order set): its workspace in p.gather_workspace.
+inline int64_t sparse_gather_bwd_workspace_words(const SparseFwdParams& p) { return SparseGatherBwdWorkspace::words(p); }
 bool sparse_tile_unions_fit(const SparseFwdParams& p);
 Status sparse_build_tile_unions(const SparseFwdParams& p, cudaStream_t stream);
 

@@ -127,4 +127,34 @@ struct SparseBwdWorkspace {
   }
 };
 
+// The tiled backward's workspace (4-byte words): the forward's tile unions and masks (rebuilt by
+// the same pre-pass), each query row's {lse * log2(e) (+inf for a row without keys), rowsum(dO * O)
+// - dlse}, and float32 dK / dV accumulators [B, Lk, Hk, D] that the tiles add into.
+struct SparseGatherBwdWorkspace {
+  SparseGatherWorkspace tiles;
+  float2* row_stats;  // [B, Lq, Hq]
+  float* dk_accum;    // [B, Lk, Hk, D], unscaled
+  float* dv_accum;
+
+  ATTNX_HOST_DEVICE static int64_t stats_offset(const SparseFwdParams& p) {
+    return (SparseGatherWorkspace::words(p) + 3) / 4 * 4;
+  }
+  ATTNX_HOST_DEVICE static int64_t accum_offset(const SparseFwdParams& p) {
+    return stats_offset(p) + (2 * int64_t(p.batch) * p.seqlen_q * p.num_heads_q + 3) / 4 * 4;
+  }
+  ATTNX_HOST_DEVICE static int64_t accum_words(const SparseFwdParams& p) {
+    return int64_t(p.batch) * p.seqlen_k * p.num_heads_k * p.head_dim;
+  }
+  ATTNX_HOST_DEVICE static int64_t words(const SparseFwdParams& p) { return accum_offset(p) + 2 * accum_words(p); }
+  ATTNX_HOST_DEVICE static SparseGatherBwdWorkspace carve(const SparseFwdParams& p) {
+    SparseGatherBwdWorkspace w;
+    w.tiles = SparseGatherWorkspace::carve(p);
+    int* base = static_cast<int*>(p.gather_workspace);
+    w.row_stats = reinterpret_cast<float2*>(base + stats_offset(p));
+    w.dk_accum = reinterpret_cast<float*>(base + accum_offset(p));
+    w.dv_accum = w.dk_accum + accum_words(p);
+    return w;
+  }
+};
+
 }  // namespace attnx::sparse

@@ -110,7 +110,9 @@ def sparse_attention(q, k, v, indices, *, scale=None, return_lse=False):
 
     ``ATTNX_SPARSE_TILED=1`` (opt-in, not yet measured on a GPU) runs the forward tiled: queries are
     ordered by two MinHash values of their lists, and each tile of 128 runs over the union of its
-    lists on tensor cores with a bit mask (docs/perf-notes.md).
+    lists on tensor cores with a bit mask (docs/perf-notes.md); at head dim 64 the backward then
+    runs on the same tiles, adding dK/dV to float32 accumulators with atomics (race-free, but not
+    bitwise deterministic, unlike the default backward).
     """
     ref.check_sparse(q, k, v, indices, check_values=False)
     out, lse = sparse_call(q, k, v, indices, scale)

@@ -1,0 +1,166 @@
+// The gathering side of the tiled sparse kernels (sparse_gather_fwd_kernel.cuh,
+// sparse_gather_bwd_kernel.cuh): cp.async helpers, the walk over a tile's union chunks, the bit
+// mask, the row map through the query order, and the producer loop that gathers each chunk's K/V
+// rows and mask words.
+//
+// cp.async writes shared memory through the generic proxy and wgmma reads it through the async
+// proxy: each producer thread waits for its own copies, fences (fence.proxy.async) and only then
+// arrives on the stage's full barrier, so the consumers' wgmma see the bytes.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "sparse_params.h"
+
+namespace attnx::sparse {
+
+using namespace cute;
+
+// 16 bytes global -> shared; a false `valid` writes zeros (padding rows must hold finite values:
+// a masked score gives P = 0, and 0 * NaN would still poison O += P V).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+// This thread's completed copies become visible to the async proxy (wgmma).
+__device__ __forceinline__ void publish_to_async_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// 8 bytes global -> shared (a row's float2 statistics); cp.async.cg moves 16 bytes only.
+__device__ __forceinline__ void cp_async_8(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 8 : 0));
+}
+
+// Row t of a swizzled shared-memory tile from a global row (zeros when !valid).
+template <int kHeadDim, class SmemTile, class Element>
+__device__ __forceinline__ void gather_row(SmemTile&& tile, int t, const Element* src, bool valid) {
+  CUTLASS_PRAGMA_UNROLL
+  for (int v = 0; v < kHeadDim / 8; ++v) cp_async_16(&tile(t, v * 8), src + v * 8, valid);
+}
+
+// Query order[r] of the tile's row r, clamped into [0, Lq) (a malformed order stays in bounds).
+__device__ __forceinline__ int tile_query(const int* order, int r, int seqlen_q) {
+  return min(max(order[r], 0), seqlen_q - 1);
+}
+
+struct GatherWalk {
+  int chunks;
+  __device__ int count() const { return chunks; }
+  __device__ int tile(int i) const { return i; }
+};
+
+// Bit c of row r in the chunk's slot: query r lists union key c.
+template <class Traits>
+struct GatherBitMask {
+  const uint32_t* slots;  // shared memory, [kMaskSlots][128 rows][4 words]
+  __device__ bool tile_needs_mask(int, int) const { return true; }
+  template <class TensorS, class TensorC>
+  __device__ void apply(TensorS& s_rc, TensorC const& coord_rc, int, int chunk) const {
+    const uint32_t* slot = slots + (chunk % Traits::kMaskSlots) * kGatherTileM * 4;
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < size<0>(s_rc); ++mi) {
+      const uint4 w = *reinterpret_cast<const uint4*>(slot + get<0>(coord_rc(mi, 0)) * 4);
+      CUTLASS_PRAGMA_UNROLL
+      for (int ni = 0; ni < size<1>(s_rc); ++ni) {
+        const int c = get<1>(coord_rc(0, ni));
+        const uint32_t word = (c & 64) ? ((c & 32) ? w.w : w.z) : ((c & 32) ? w.y : w.x);
+        if (((word >> (c & 31)) & 1u) == 0u) s_rc(mi, ni) = -INFINITY;
+      }
+    }
+  }
+};
+
+// Row r of the tile is query order[r] (rows past the tile's queries are not written).
+template <typename Element>
+struct GatherRowMap {
+  Element* out;  // (batch, head) applied
+  int64_t out_row_stride;
+  float* lse;  // (batch, head) applied
+  int lse_row_stride;
+  const int* order;  // the tile's slice of query_order
+  int rows, seqlen_q;
+  __device__ int query(int r) const { return tile_query(order, r, seqlen_q); }
+  __device__ bool valid(int r) const { return r < rows; }
+  __device__ Element* out_row(int r) const { return out + int64_t(query(r)) * out_row_stride; }
+  __device__ float* lse_row(int r) const { return lse + int64_t(query(r)) * lse_row_stride; }
+};
+
+// The producer warpgroup (thread t = 0..127), after the caller has committed its prologue group
+// (the tile's query rows: Q, and for the backward dO and the rows' statistics): per chunk c the K
+// and V rows of union key c * 128 + t and row t's mask words, into the pipeline's stages and
+// mask slot c % kMaskSlots. The prologue is published on ss.barrier_q (128 arrivals).
+// Copies are committed in groups prologue, K_0, V_0, K_1, ... and
+// a group is published (waited, fenced, arrived on) once the group two after it is committed, so
+// a chunk's gathers are in flight while the previous chunk's land. No deadlock: only acquiring a
+// stage waits on the consumers, for chunk c the release of chunk c - kStages, which needs nothing
+// after chunk c - kStages + 1 <= c - 1, and K_{c-1} is published before V_c's stage is acquired.
+template <class Traits>
+__device__ void sparse_gather_chunks(const SparseFwdParams& p, const SparseGatherWorkspace& ws,
+                                     typename Traits::SharedStorage& ss, typename Traits::Pipeline& pipe_k,
+                                     typename Traits::Pipeline& pipe_v, int64_t tile, int max_chunks,
+                                     int union_count, int b, int h) {
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::Pipeline;
+  const int t = threadIdx.x;
+  Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
+
+  const int hk = h / (p.num_heads_q / p.num_heads_k);
+  const Element* k_head = static_cast<const Element*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+  const Element* v_head = static_cast<const Element*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+  const int* keys = ws.union_keys + tile * max_chunks * kGatherTileN;
+  const uint32_t* masks = ws.masks + tile * max_chunks * kGatherTileM * 4;
+  const int chunks = (union_count + kGatherTileN - 1) / kGatherTileN;
+
+  auto write = cutlass::make_producer_start_state<Pipeline>();
+  auto prev = write;
+  int key = t < union_count ? keys[t] : -1;
+  for (int c = 0; c < chunks; ++c) {
+    const int next = (c + 1) * kGatherTileN + t;
+    const int next_key = next < union_count ? keys[next] : -1;  // loads under this chunk's copies
+    const bool valid = key >= 0;
+    const int64_t row = valid ? key : 0;
+
+    pipe_k.producer_acquire(write);
+    gather_row<Traits::kHeadDim>(sK(_, _, write.index()), t, k_head + row * p.k_row_stride, valid);
+    cp_async_16(ss.mask.data() + ((c % Traits::kMaskSlots) * kGatherTileM + t) * 4,
+                masks + (int64_t(c) * kGatherTileM + t) * 4, true);
+    cp_async_commit();  // K_c (with its mask words)
+    cp_async_wait<2>();  // all but {V_{c-1}, K_c} (or {prologue, K_0}) have landed
+    if (c > 0) {
+      publish_to_async_proxy();
+      pipe_k.producer_commit(prev);  // K_{c-1}
+    }
+
+    pipe_v.producer_acquire(write);
+    gather_row<Traits::kHeadDim>(sV(_, _, write.index()), t, v_head + row * p.v_row_stride, valid);
+    cp_async_commit();  // V_c
+    cp_async_wait<2>();  // all but {K_c, V_c} have landed
+    publish_to_async_proxy();
+    if (c > 0) {
+      pipe_v.producer_commit(prev);  // V_{c-1}
+    } else {
+      cutlass::arch::ClusterBarrier::arrive(&ss.barrier_q);  // the prologue
+    }
+
+    prev = write;
+    ++write;
+    key = next_key;
+  }
+  if (chunks > 0) {
+    cp_async_wait<1>();
+    publish_to_async_proxy();
+    pipe_k.producer_commit(prev);
+    cp_async_wait<0>();
+    publish_to_async_proxy();
+    pipe_v.producer_commit(prev);
+  }
+}
+
+}  // namespace attnx::sparse
