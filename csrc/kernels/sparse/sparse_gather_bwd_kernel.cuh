@@ -179,6 +179,9 @@ __device__ void sparse_gather_bwd_mma(const SparseBwdParams& p, const SparseGath
     fmha::wgmma_gemm<true, -1>(mma_dkv, tdVrPt, tdVrdOt, tdVrdV);
     fmha::wgmma_gemm<true, 0>(mma_dkv, tdKrdSt, tdKrQt, tdKrdK);  // waits for all three
     warpgroup_fence_operand(tdQrdQ);
+    // dS stayed dQ's A operand in registers until that wait: fencing it here keeps the compiler
+    // from giving its registers to the dV / dK accumulators while the dQ wgmma still reads them.
+    warpgroup_fence_operand(tdQrdS);
     pipe_k.consumer_release(read);
     pipe_v.consumer_release(read);
     NamedBarrier::sync(kGatherBwdBarrier, Traits::kNumMmaThreads);  // P^T / dS^T may be rewritten
