@@ -202,32 +202,3 @@ def test_similar_lists_order_groups_equal_lists():
         for h in range(3):
             g = group[b, :, h][order[b, h].long()]
             assert (g[1:] != g[:-1]).sum().item() <= 6  # 6 groups: at most 5 changes (+1: the row with -1)
-
-
-def test_query_code_order_sorts_by_the_first_two_codes():
-    from attnx.ops.pq import query_code_order
-    torch.manual_seed(2)
-    q = torch.randn(1, 64, 2, 16)
-    cb = attnx.pq.fit(torch.randn(1, 64, 2, 16), 4, 8, iters=2)
-    order = query_code_order(q, cb.centroids)
-    codes = attnx.pq.encode(q, cb).long()
-    key = (codes[..., 0] * 256 + codes[..., 1]).transpose(1, 2)
-    assert torch.equal(order.sort(dim=-1).values, torch.arange(64, dtype=torch.int32).expand(1, 2, 64))
-    sorted_keys = key.gather(-1, order.long())
-    assert (sorted_keys[..., 1:] >= sorted_keys[..., :-1]).all()
-
-
-def test_list_minhash_values():
-    """The MinHash pair of a row: the least ((j * a) mod 2^32) >> 1 over its valid keys, per
-    multiplier; 2^31 - 1 for a row without a key (the CUDA kernel is checked against this on the GPU)."""
-    idx = torch.tensor([[[[3, -1, 7]], [[-1, -1, 50]], [[2**20, 0, 5]]]], dtype=torch.int32)  # [1, 3, 1, 3]
-    keys = torch.ops.attnx.sparse_list_minhash(idx, 10)
-    assert keys.shape == (1, 1, 3) and keys.dtype == torch.int64
-
-    def h(j, a):
-        return ((j * a) % 2**32) >> 1
-
-    for i, row in enumerate([[3, 7], [], [0, 5]]):
-        m1 = min((h(j, 0x9E3779B1) for j in row), default=2**31 - 1)
-        m2 = min((h(j, 0x85EBCA77) for j in row), default=2**31 - 1)
-        assert keys[0, 0, i].item() == m1 * 2**31 + m2

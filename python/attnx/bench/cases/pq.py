@@ -88,7 +88,7 @@ def pq_sparse(ctx: Ctx) -> list:
         impls=lambda: [_attnx_impl(ctx, run_layer, lambda s: ctx.op_status("pq_encode", "pq_topk", "sparse_attention"),
                                    ref_seconds=ref_full, note="codebook fitted beforehand")]
         + _tiled_impl(ctx, run_layer, lambda s: ctx.op_status("pq_encode", "pq_topk", "sparse_attention"),
-                      ref_seconds=ref_full, note="codebook fitted beforehand; query order from q's codes") + peers(),
+                      ref_seconds=ref_full, note="codebook fitted beforehand; queries ordered by the MinHash of their lists") + peers(),
         set_bytes=set_bytes, expected=expected_layer, subset=lambda o: o[-1:], flops=sparse_flops, dtype=ctx.dtype,
         params=dict(params), note="TFLOP/s counts the attention over the selected keys only")
     b2, l2, h2, d2, k2 = PQ_TRAIN[ctx.mode]
@@ -187,7 +187,7 @@ def _pq_train_case(ctx, b, l, h, d, m, c, k_top):
                 impls=lambda: ([_attnx_impl(ctx, run, kernel, ref_seconds=ref_full, prepare=prepare,
                                             note="encode + topk + attention fwd + bwd; codebook fitted beforehand")]
                                + _tiled_impl(ctx, run, kernel, ref_seconds=ref_full, prepare=prepare,
-                                             note="the forward tiled (query order from q's codes)")
+                                             note="forward and backward tiled (queries ordered by the MinHash of their lists)")
                                + P.sdpa_train_peers(ctx, causal=False,
                                                     flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, l * l),
                                                     note="dense attention over all L keys")),
