@@ -1,8 +1,10 @@
 """Where pq_sparse_attention fwd+bwd (L16384 H16 D64 k512, clustered q/k) spends its time:
-reference vs native encode, sorted vs unsorted selection, attention fwd / fwd+bwd (GPU).
+reference vs native encode, sorted vs unsorted selection, attention fwd / fwd+bwd (GPU); then the
+2026-12-08 options: pass 1 of the scan on sampled tiles (ATTNX_PQ_SCAN_SAMPLE=auto) and the tiled
+attention (ATTNX_SPARSE_TILED=1), each checked against the default path.
     PYTHONPATH=python python scripts/pq_breakdown.py
 """
-import sys, torch
+import os, sys, torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import attnx
 from attnx.ops.pq import encode_call, topk_call
@@ -39,3 +41,40 @@ def full():
     out = attnx.pq_sparse_attention(*leaves, kt, codebook=cb)
     return torch.autograd.grad(out, leaves, dout)
 print("pq_sparse_attention fwd+bwd (selection included)", round(median_ms(full, 5, 1), 3), "ms")
+
+
+def with_env(env, fn):
+    old = {n: os.environ.get(n) for n in env}
+    os.environ.update(env)
+    try:
+        return fn()
+    finally:
+        for n, v in old.items():
+            if v is None:
+                del os.environ[n]
+            else:
+                os.environ[n] = v
+
+
+SAMPLE = {"ATTNX_PQ_SCAN_SAMPLE": "auto"}
+TILED = {"ATTNX_SPARSE_TILED": "1"}
+sampled = with_env(SAMPLE, lambda: topk_call(q, codes, cent, kt, False, sorted=False, trusted=True))
+print("sampled scan: rows equal to the full scan's:", round((sampled == uns).all(-1).float().mean().item(), 5))
+print("topk unsorted, sampled pass 1", round(with_env(SAMPLE, lambda: median_ms(
+    lambda: topk_call(q, codes, cent, kt, False, sorted=False, trusted=True), 5, 1)), 3), "ms")
+ref_out = sparse_call(q, k, v, uns, None, trusted=True)[0]
+tiled_out = with_env(TILED, lambda: sparse_call(q, k, v, uns, None, trusted=True)[0])
+print("tiled fwd: max |diff| to the per-query forward", (tiled_out.float() - ref_out.float()).abs().max().item())
+print("sparse fwd tiled (key order lists, MinHash order included)", round(with_env(TILED, lambda: median_ms(
+    lambda: sparse_call(q, k, v, uns, None, trusted=True), 10, 2)), 3), "ms")
+leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
+def fb_uns():
+    out = sparse_call(*leaves, uns, None, trusted=True)[0]
+    return torch.autograd.grad(out, leaves, dout)
+g_ref = fb_uns()
+g_tiled = with_env(TILED, fb_uns)
+print("tiled fwd+bwd: rel err of dq, dk, dv to the default path",
+      [round(((a.float() - b.float()).norm() / b.float().norm()).item(), 5) for a, b in zip(g_tiled, g_ref)])
+print("sparse fwd+bwd tiled", round(with_env(TILED, lambda: median_ms(fb_uns, 5, 1)), 3), "ms")
+print("pq_sparse_attention fwd+bwd, tiled + sampled scan", round(with_env({**TILED, **SAMPLE},
+      lambda: median_ms(full, 5, 1)), 3), "ms")

@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "../common/kernel_attributes.h"
@@ -189,7 +190,8 @@ __device__ __forceinline__ void load_tile(uint32_t dst, const __half* src) {
 }
 
 template <int kD, typename QT>
-__global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p, const PqScanWork w, int row_begin) {
+__global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p, const PqScanWork w, int row_begin,
+                                                          int sample) {
   using T = ScanTraits<kD>;
   extern __shared__ __align__(128) char smem[];
   uint32_t* hist = reinterpret_cast<uint32_t*>(smem + T::kRingBytes);  // [kRows][kHistWords]
@@ -285,26 +287,28 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
   // ldmatrix x4 lane roles: matrix lane / 8 = (n-block of the pair, k chunk of the step).
   const int ld_key = (lane >> 4) * 8 + (lane & 7), ld_chunk = (lane >> 3) & 1;
 
-  // One pass over the CTA's key tiles: score(r, j, s) for each of the lane's rows r (lr[r]) and
-  // each key j that row may see.
-  auto pass = [&](auto precise_tag, auto&& score) {
+  // One pass over the CTA's key tiles (every stride-th: tiles 0, stride, 2 stride, ...):
+  // score(r, j, s) for each of the lane's rows r (lr[r]) and each key j that row may see.
+  auto pass = [&](auto precise_tag, int stride, auto&& score) {
     constexpr bool kPrecise = decltype(precise_tag)::value;
-    auto load = [&](int tile, int stage) {
+    const int steps = (tiles + stride - 1) / stride;
+    auto load = [&](int step, int stage) {
       const uint32_t dst = ring + stage * 2 * T::kTileBytes;
-      load_tile<kD>(dst, khi + (int64_t)tile * kKeys * kD);
-      if (kPrecise) load_tile<kD>(dst + T::kTileBytes, klo + (int64_t)tile * kKeys * kD);
+      load_tile<kD>(dst, khi + (int64_t)step * stride * kKeys * kD);
+      if (kPrecise) load_tile<kD>(dst + T::kTileBytes, klo + (int64_t)step * stride * kKeys * kD);
     };
 #pragma unroll
     for (int st = 0; st < T::kStages - 1; ++st) {
-      if (st < tiles) load(st, st);
+      if (st < steps) load(st, st);
       cp_async_commit();
     }
-    for (int kt = 0; kt < tiles; ++kt) {
+    for (int i = 0; i < steps; ++i) {
+      const int kt = i * stride;
       cp_async_wait<T::kStages - 2>();
-      __syncthreads();  // tile kt landed for everyone; stage (kt - 1) % kStages is free
-      if (kt + T::kStages - 1 < tiles) load(kt + T::kStages - 1, (kt + T::kStages - 1) % T::kStages);
+      __syncthreads();  // step i landed for everyone; stage (i - 1) % kStages is free
+      if (i + T::kStages - 1 < steps) load(i + T::kStages - 1, (i + T::kStages - 1) % T::kStages);
       cp_async_commit();
-      const uint32_t hi = ring + (kt % T::kStages) * 2 * T::kTileBytes, lo = hi + T::kTileBytes;
+      const uint32_t hi = ring + (i % T::kStages) * 2 * T::kTileBytes, lo = hi + T::kTileBytes;
       float acc[kKeys / 8][4];
 #pragma unroll
       for (int n = 0; n < kKeys / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
@@ -342,24 +346,37 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
   };
 
   if (cta_active) {
-    // Pass 1: histograms of s1.
-    pass(std::false_type{}, [&](int r, int, float score) {
+    // Pass 1: histograms of s1, over every sample-th key tile.
+    pass(std::false_type{}, sample, [&](int r, int, float score) {
       const int bin = hist_bin(score, -R[r], inv[r]);
       atomicAdd(&hist[lr[r] * kHistWords + (bin >> 1)], 1u << ((bin & 1) * 16));
     });
   }
-  // Per row: the bin of the k-th largest s1, the bar t - delta, and whether the list fits.
+  // Per row: the bar of pass 2 and whether the list should fit. Whole histogram (sample 1): the
+  // bin of the k-th largest s1 gives t with at least k keys at s1 >= t, the bar is t - delta, and
+  // the histogram bounds the list before pass 2. Sampled: t is the bin where the sample's count
+  // reaches its share of (k + slots) / 2 keys, the middle of what a list may hold, and the list's
+  // size is only estimated; either way a row is settled only if pass 2 lists between k and slots
+  // keys, which makes the result exact for any bar (the k-th best s2 is then >= the bar, so every
+  // key at or above it is listed).
   if (tid < kRows) {
     const float r = row_r[tid], delta = row_delta[tid];
     const uint32_t* hr = hist + tid * kHistWords;
     float bar = INFINITY;
     int state = -1;
-    if (r > 0.f) {
+    const int allowed_row = allowed_of(row0 + tid);
+    int sampled = allowed_row;  // keys of the row in the sampled tiles
+    if (sample > 1) {
+      sampled = 0;
+      for (int kt = 0; kt * kKeys < allowed_row; kt += sample) sampled += min(kKeys, allowed_row - kt * kKeys);
+    }
+    const int want = sample > 1 ? (int)(((int64_t)(k + slots) / 2 * sampled + allowed_row - 1) / max(allowed_row, 1)) : k;
+    if (r > 0.f && sampled > 0) {
       const float binv = (float)kBins / (2.f * r);
       int cum = 0, sel = 0;
       for (int bin = kBins - 1; bin >= 0; --bin) {
         const int c = hist_count(hr, bin);
-        if (cum + c >= k) {
+        if (cum + c >= want) {
           sel = bin;
           break;
         }
@@ -368,8 +385,9 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
       if (sel > 0) {  // bin 0 would take every key below it too: leave such rows to the search
         const float t = -r + (float)sel / binv;
         const int low = hist_bin(t - 2.f * delta, -r, binv);
-        int bound = 0;
+        int64_t bound = 0;
         for (int bin = kBins - 1; bin >= low; --bin) bound += hist_count(hr, bin);
+        if (sample > 1) bound = bound * allowed_row / sampled;  // an estimate: pass 2 checks
         if (bound <= slots) bar = t - delta, state = 0;
       }
     }
@@ -381,7 +399,7 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
   const int64_t list0 = ((int64_t)b * H + h) * w.chunk_rows + chunk_row0;  // the CTA's first row's list
   if (__syncthreads_or(bar[0] < INFINITY || bar[1] < INFINITY)) {
     // Pass 2: precise scores; keys at or above the bar join the row's list.
-    pass(std::true_type{}, [&](int r, int j, float score) {
+    pass(std::true_type{}, 1, [&](int r, int j, float score) {
       if (score >= bar[r]) {
         const int pos = atomicAdd(&counter[lr[r]], 1);
         if (pos < slots) w.cand[(list0 + lr[r]) * slots + pos] = PqCandidate{score, j};
@@ -395,6 +413,18 @@ __global__ void __launch_bounds__(kThreads) pq_scan_kernel(const PqTopkParams p,
   }
 }
 
+// Pass 1's key-tile stride. ATTNX_PQ_SCAN_SAMPLE: "auto" samples about 32 tiles per row (stride
+// Lk / 2048, 1 to 8), a number sets the stride; unset or 1: every tile (the exact histogram).
+// Sampling only moves the bar of pass 2; rows whose list ends outside [k, slots] take the exact
+// search, so results do not change (2026-12-08: built, not yet measured; docs/perf-notes.md).
+int scan_sample_stride(const PqTopkParams& p) {
+  const char* env = std::getenv("ATTNX_PQ_SCAN_SAMPLE");
+  if (env == nullptr || env[0] == '\0') return 1;
+  const int tiles = (p.seqlen_k + kKeys - 1) / kKeys;
+  if (std::string(env) == "auto") return std::min(8, std::max(1, tiles / 32));
+  return std::min(64, std::max(1, std::atoi(env)));
+}
+
 template <int kD, typename QT>
 Status launch_scan(const PqTopkParams& p, const PqScanWork& w, int row_begin, cudaStream_t stream) {
   using T = ScanTraits<kD>;
@@ -403,7 +433,7 @@ Status launch_scan(const PqTopkParams& p, const PqScanWork& w, int row_begin, cu
   if (attributes.set(kernel, T::kSmemBytes) != cudaSuccess) return Status::kCudaError;
   const int rows = min(w.chunk_rows, p.seqlen_q - row_begin);
   const dim3 grid((rows + kRows - 1) / kRows, p.num_heads, p.batch);
-  kernel<<<grid, kThreads, T::kSmemBytes, stream>>>(p, w, row_begin);
+  kernel<<<grid, kThreads, T::kSmemBytes, stream>>>(p, w, row_begin, scan_sample_stride(p));
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
