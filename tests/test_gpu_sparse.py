@@ -365,3 +365,25 @@ def test_sparse_tiled_backward_empty_tiles_and_shared_lists():
         assert (grads[0][:, :256] == 0).all(), "queries without keys get dQ = 0"
         for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
             assert not torch.isnan(g).any() and rel_err(g, r) < GRAD_TOL[torch.bfloat16], (kind, name)
+
+
+@pytest.mark.parametrize("b,lq,lk,hq,hk,kk", TILED_SHAPES)
+def test_tile_union_prepass_matches_the_reference(b, lq, lk, hq, hk, kk):
+    """The tiled kernels' pre-pass alone (unions, their order, the bit masks) against the Python
+    reference, on the defined parts of the workspace: a failure here is the pre-pass's, one in the
+    tiled forward/backward tests with this passing is the attention kernels'."""
+    need(torch.bfloat16, 64)
+    from attnx.ops.sparse import _tile_unions_reference, parse_tile_unions
+    torch.manual_seed(lq + kk)
+    idx = random_indices(b, lq, hq, lk, kk)
+    idx[..., -1] = torch.where(idx[..., -1] >= 0, idx[..., -1], lk + 5)  # out-of-range entries are empty
+    order = tiled_order(idx, lk, "random")
+    got = parse_tile_unions(torch.ops.attnx.sparse_tile_unions(idx, order, lk), idx, lk)
+    want = parse_tile_unions(_tile_unions_reference(idx.cpu(), order.cpu(), lk), idx, lk)
+    counts, keys, masks = (x.cpu() for x in got)
+    assert torch.equal(counts, want[0])
+    for t in range(counts.numel()):
+        n = counts[t].item()
+        assert torch.equal(keys[t, :n], want[1][t, :n]), t
+        chunks = -(-n // 128)
+        assert torch.equal(masks[t, :chunks], want[2][t, :chunks]), t

@@ -17,7 +17,8 @@ OP_NAMES = [
     "attention", "attention_backward", "varlen_attention", "varlen_attention_backward", "unpad", "pad",
     "neighborhood_attention", "neighborhood_attention_backward", "block_sparse_attention",
     "block_sparse_attention_backward", "mla_decode_metadata", "mla_decode", "sparse_attention",
-    "sparse_attention_backward", "sparse_list_minhash", "pq_fit", "pq_encode", "pq_topk", "pq_sparse_attention",
+    "sparse_attention_backward", "sparse_list_minhash", "sparse_tile_unions", "pq_fit", "pq_encode", "pq_topk",
+    "pq_sparse_attention",
 ]
 FORWARD_OF = {n: n[: -len("_backward")] for n in OP_NAMES if n.endswith("_backward")}
 DTYPE = torch.float64
@@ -62,6 +63,11 @@ def pool(name: str, grad: bool) -> dict:
         idx[0, 1, 1] = -1
         return dict(q=r(1, 4, 2, 4, grad=grad), k=r(1, 6, 2, 4, grad=grad), v=r(1, 6, 2, 4, grad=grad),
                     indices=idx, scale=None)
+    if name == "sparse_tile_unions":
+        idx = torch.randperm(6)[:3].to(torch.int32).expand(1, 4, 2, 3).contiguous()
+        idx[0, 1, 1] = -1
+        return dict(indices=idx, query_order=torch.tensor([[[3, 1, 0, 2], [0, 1, 2, 3]]], dtype=torch.int32),
+                    seqlen_k=6)
     if name == "sparse_list_minhash":
         idx = torch.randperm(6)[:3].to(torch.int32).expand(1, 4, 2, 3).contiguous()
         idx[0, 1, 1] = -1

@@ -202,3 +202,33 @@ def test_similar_lists_order_groups_equal_lists():
         for h in range(3):
             g = group[b, :, h][order[b, h].long()]
             assert (g[1:] != g[:-1]).sum().item() <= 6  # 6 groups: at most 5 changes (+1: the row with -1)
+
+
+def test_tile_unions_reference():
+    """The tiled kernels' pre-pass, as the reference computes it: per tile of 128 ordered queries the
+    union of their valid keys in ascending order, and bit c % 128 of chunk c // 128 in row r set
+    exactly when query order[r] lists union key c."""
+    from attnx.ops.sparse import TILE_M, parse_tile_unions
+    torch.manual_seed(3)
+    b, lq, h, lk, kk = 2, 200, 2, 300, 40
+    idx = torch.rand(b, lq, h, lk).topk(kk, dim=-1).indices.int()
+    idx[:, ::5, :, ::3] = -1
+    idx[0, 7, 1, 0] = lk + 4  # outside [0, Lk): empty
+    order = torch.rand(b, h, lq).argsort(dim=-1).int()
+    ws = torch.ops.attnx.sparse_tile_unions(idx, order, lk)
+    counts, keys, masks = parse_tile_unions(ws, idx, lk)
+    m_tiles = -(-lq // TILE_M)
+    for bb in range(b):
+        for hh in range(h):
+            for m in range(m_tiles):
+                t = (bb * h + hh) * m_tiles + m
+                rows = order[bb, hh, m * TILE_M:(m + 1) * TILE_M].long()
+                lists = [set(x for x in idx[bb, i, hh].tolist() if 0 <= x < lk) for i in rows.tolist()]
+                union = sorted(set().union(*lists))
+                n = counts[t].item()
+                assert n == len(union) and keys[t, :n].tolist() == union
+                bits = masks[t].long() & 0xFFFFFFFF  # [chunks, 128 rows, 4 words]
+                for r in range(TILE_M):
+                    for c, key in enumerate(union):
+                        on = bool((bits[c // 128, r, (c % 128) // 32] >> (c % 32)) & 1)
+                        assert on == (r < len(lists) and key in lists[r]), (t, r, c)

@@ -177,6 +177,41 @@ Tensor sparse_list_minhash_cuda(Tensor indices, int64_t seqlen_k) {
   return keys;
 }
 
+// The tiled forward's pre-pass alone, for tests: its raw workspace (int32, the layout of
+// SparseGatherWorkspace), which attnx.ops.sparse.parse_tile_unions reads.
+Tensor sparse_tile_unions_cuda(Tensor indices, Tensor query_order, int64_t seqlen_k) {
+  constexpr const char* kOp = "attnx::sparse_tile_unions";
+  STD_TORCH_CHECK(indices.is_cuda() && indices.scalar_type() == ScalarType::Int && indices.dim() == 4, kOp,
+                  ": argument 'indices' must be a CUDA int32 [B, Lq, H, k] tensor; got shape ", shape_str(indices));
+  STD_TORCH_CHECK(indices.size(3) <= 1 || indices.stride(3) == 1, kOp,
+                  ": argument 'indices' needs a contiguous last dimension");
+  STD_TORCH_CHECK(query_order.is_cuda() && query_order.get_device_index() == indices.get_device_index() &&
+                      query_order.scalar_type() == ScalarType::Int && query_order.dim() == 3 &&
+                      query_order.size(0) == indices.size(0) && query_order.size(1) == indices.size(2) &&
+                      query_order.size(2) == indices.size(1) && query_order.is_contiguous(),
+                  kOp, ": argument 'query_order' must be a contiguous int32 [B, H, Lq] tensor beside 'indices' ",
+                  shape_str(indices), "; got shape ", shape_str(query_order));
+  STD_TORCH_CHECK(seqlen_k >= 0 && seqlen_k < (1LL << 31), kOp, ": argument 'seqlen_k' is ", seqlen_k,
+                  "; allowed: 0 to 2^31 - 1");
+  sparse::SparseFwdParams p;
+  p.batch = static_cast<int>(indices.size(0)), p.seqlen_q = static_cast<int>(indices.size(1));
+  p.num_heads_q = p.num_heads_k = static_cast<int>(indices.size(2));
+  p.topk = static_cast<int>(indices.size(3));
+  p.seqlen_k = static_cast<int>(seqlen_k);
+  p.indices = static_cast<const int*>(indices.data_ptr());
+  p.idx_batch_stride = indices.stride(0), p.idx_row_stride = indices.stride(1), p.idx_head_stride = indices.stride(2);
+  p.query_order = static_cast<const int*>(query_order.data_ptr());
+  STD_TORCH_CHECK(sparse::sparse_tile_unions_fit(p), kOp, ": argument 'seqlen_k' is ", seqlen_k,
+                  "; the pre-pass's shared-memory bitmap allows about 170K keys");
+  torch::stable::accelerator::DeviceGuard guard(indices.get_device_index());
+  Tensor ws = torch::stable::new_empty(indices, {std::max<int64_t>(sparse::sparse_gather_workspace_words(p), 1)},
+                                       ScalarType::Int);
+  p.gather_workspace = ws.data_ptr();
+  const Status status = sparse::sparse_build_tile_unions(p, static_cast<cudaStream_t>(current_stream(kOp, indices)));
+  check_launched(kOp, status);
+  return ws;
+}
+
 }  // namespace
 }  // namespace attnx::binding
 
@@ -184,4 +219,5 @@ STABLE_TORCH_LIBRARY_IMPL(attnx, CUDA, m) {
   m.impl("sparse_attention", TORCH_BOX(&attnx::binding::sparse_attention_cuda));
   m.impl("sparse_attention_backward", TORCH_BOX(&attnx::binding::sparse_attention_backward_cuda));
   m.impl("sparse_list_minhash", TORCH_BOX(&attnx::binding::sparse_list_minhash_cuda));
+  m.impl("sparse_tile_unions", TORCH_BOX(&attnx::binding::sparse_tile_unions_cuda));
 }

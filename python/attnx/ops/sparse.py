@@ -75,6 +75,63 @@ def similar_lists_order(indices, seqlen_k: int):
     return minhash_op(indices, seqlen_k).argsort(dim=-1).to(torch.int32)
 
 
+# The tiled kernels' pre-pass (sparse_tile_union.cu), exposed for tests as
+# attnx::sparse_tile_unions: its raw int32 workspace, read by parse_tile_unions.
+TILE_M = TILE_N = 128  # queries per tile, union keys per chunk (kGatherTileM / kGatherTileN)
+
+
+def tile_union_layout(b: int, lq: int, h: int, lk: int, topk: int):
+    """(tiles, max_chunks, count_words, words) of SparseGatherWorkspace (csrc/kernels/sparse/sparse_params.h)."""
+    tiles = -(-lq // TILE_M) * h * b
+    max_chunks = -(-min(lk, TILE_M * topk) // TILE_N)
+    count_words = -(-tiles // 4) * 4
+    return tiles, max_chunks, count_words, count_words + tiles * max_chunks * (TILE_N + 4 * TILE_M)
+
+
+def parse_tile_unions(ws, indices, seqlen_k: int):
+    """(counts [tiles], keys [tiles, max_chunks * 128], masks [tiles, max_chunks, 128 rows, 4 words]):
+    views into a pre-pass workspace; tile t = (b * H + h) * ceil(Lq / 128) + m. Only keys[t, :count]
+    and the masks of the first ceil(count / 128) chunks are defined."""
+    b, lq, h, kk = indices.shape
+    tiles, mc, cw, _ = tile_union_layout(b, lq, h, seqlen_k, kk)
+    keys_end = cw + tiles * mc * TILE_N
+    return (ws[:tiles], ws[cw:keys_end].view(tiles, mc * TILE_N),
+            ws[keys_end:keys_end + tiles * mc * TILE_M * 4].view(tiles, mc, TILE_M, 4))
+
+
+def _tile_unions_reference(indices, query_order, seqlen_k):
+    V.tensor("indices", indices, ndim=4, dtypes=(torch.int32,))
+    V.tensor("query_order", query_order, ndim=3, dtypes=(torch.int32,))
+    b, lq, h, kk = indices.shape
+    *_, words = tile_union_layout(b, lq, h, seqlen_k, kk)
+    ws = torch.zeros(max(words, 1), dtype=torch.int32, device=indices.device)
+    counts, keys, masks = parse_tile_unions(ws, indices, seqlen_k)
+    m_tiles = -(-lq // TILE_M)
+    for bb in range(b):
+        for hh in range(h):
+            for m in range(m_tiles):
+                t = (bb * h + hh) * m_tiles + m
+                lists = indices[bb, query_order[bb, hh, m * TILE_M:(m + 1) * TILE_M].long().clamp(0, lq - 1), hh].long()
+                valid = (lists >= 0) & (lists < seqlen_k)
+                union = torch.unique(lists[valid])  # ascending
+                counts[t] = union.numel()
+                keys[t, :union.numel()] = union.int()
+                r, e = valid.nonzero(as_tuple=True)
+                pos = torch.searchsorted(union, lists[r, e])
+                word = ((pos // TILE_N) * TILE_M + r) * 4 + (pos % TILE_N) // 32
+                bits = torch.zeros(masks[t].numel(), dtype=torch.int64, device=ws.device)
+                bits.index_add_(0, word, torch.ones_like(pos) << (pos % 32))  # distinct keys per row: sum = or
+                masks[t] = torch.where(bits >= 2**31, bits - 2**32, bits).int().view_as(masks[t])
+    return ws
+
+
+tile_unions_op = define(
+    "sparse_tile_unions", "(Tensor indices, Tensor query_order, int seqlen_k) -> Tensor", _tile_unions_reference,
+    fake=lambda idx, order, lk: idx.new_empty((max(tile_union_layout(idx.shape[0], idx.shape[1], idx.shape[2], lk,
+                                                                      idx.shape[3])[3], 1),), dtype=torch.int32),
+    family="pq_sparse")
+
+
 def sparse_call(q, k, v, indices, scale, *, trusted: bool = False, query_order=None):
     """(out, lse) through the native kernels when they cover the call, else the reference.
 
