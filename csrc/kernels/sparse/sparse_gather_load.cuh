@@ -56,6 +56,11 @@ struct GatherWalk {
 };
 
 // Bit c of row r in the chunk's slot: query r lists union key c.
+// A thread's columns in a wgmma accumulator are its first column c0 = 2 * (lane % 4) plus
+// offsets that do not depend on the thread (8 j + 0 or 1), so (off % 32) + c0 <= 25 + 6 < 32: the
+// bit of column c0 + off is bit off % 32 of its word shifted right by c0. Each row's four words are
+// shifted once and every column then tests a bit whose word and position the compiler knows (a
+// per-column word select spilled 300 bytes in the backward, ptxas).
 template <class Traits>
 struct GatherBitMask {
   const uint32_t* slots;  // shared memory, [kMaskSlots][128 rows][4 words]
@@ -63,14 +68,15 @@ struct GatherBitMask {
   template <class TensorS, class TensorC>
   __device__ void apply(TensorS& s_rc, TensorC const& coord_rc, int, int chunk) const {
     const uint32_t* slot = slots + (chunk % Traits::kMaskSlots) * kGatherTileM * 4;
+    const int c0 = get<1>(coord_rc(0, 0));
     CUTLASS_PRAGMA_UNROLL
     for (int mi = 0; mi < size<0>(s_rc); ++mi) {
       const uint4 w = *reinterpret_cast<const uint4*>(slot + get<0>(coord_rc(mi, 0)) * 4);
+      const uint32_t words[4] = {w.x >> c0, w.y >> c0, w.z >> c0, w.w >> c0};
       CUTLASS_PRAGMA_UNROLL
       for (int ni = 0; ni < size<1>(s_rc); ++ni) {
-        const int c = get<1>(coord_rc(0, ni));
-        const uint32_t word = (c & 64) ? ((c & 32) ? w.w : w.z) : ((c & 32) ? w.y : w.x);
-        if (((word >> (c & 31)) & 1u) == 0u) s_rc(mi, ni) = -INFINITY;
+        const int off = get<1>(coord_rc(0, ni)) - c0;  // bits c0 + off of the row: word off / 32
+        if (((words[off >> 5] >> (off & 31)) & 1u) == 0u) s_rc(mi, ni) = -INFINITY;
       }
     }
   }

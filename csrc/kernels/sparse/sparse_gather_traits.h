@@ -55,8 +55,8 @@ struct SparseGatherTraits : Base {
 
 // Head dim 64 is softmax-bound: the warpgroups take turns, and a third stage covers the gathers'
 // latency (L2, not TMA). Head dim 128: two stages fit shared memory. Producer registers: what
-// ptxas spilled least with (bf16, 2026-12-08: D 64 24 bytes at 24-56 registers; D 128 164 bytes at
-// 24, 236-240 at 32-40); not yet measured on a GPU.
+// ptxas spilled least with (bf16, 2026-12-08, with the shifted-word mask test: D 64 none at 40,
+// D 128 8 bytes at 24); not yet measured on a GPU.
 template <typename Element, int kHeadDim>
 struct SparseGatherConfig;
 template <typename Element>
