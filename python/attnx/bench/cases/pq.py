@@ -19,25 +19,33 @@ PQ = {  # B, L, H, D, subspaces, centroids, k-means iterations
 }
 
 
-def _tiled_impl(ctx: Ctx, run, kernel, **kw) -> list:
-    """attnx again with ATTNX_SPARSE_TILED=1 (queries grouped into tiles of 128, each tile's union of
-    keys on tensor cores): a second attnx row of the case, checked like the first. GPU only."""
+_TILED = {"ATTNX_SPARSE_TILED": "1"}
+_TILED_SAMPLED = {"ATTNX_SPARSE_TILED": "1", "ATTNX_PQ_SCAN_SAMPLE": "auto"}
+
+
+def _tiled_impl(ctx: Ctx, run, kernel, *, env=None, **kw) -> list:
+    """attnx again with opt-in switches of 2026-12-08 set (default ATTNX_SPARSE_TILED=1: queries
+    grouped into tiles of 128, each tile's union of keys on tensor cores; with
+    ATTNX_PQ_SCAN_SAMPLE=auto also the selection's sampled first pass): a second attnx row of the
+    case, checked like the first. GPU only."""
+    env = dict(_TILED if env is None else env)
     if not ctx.cuda:
         return []
 
     def tiled(s):
-        old = os.environ.get("ATTNX_SPARSE_TILED")
-        os.environ["ATTNX_SPARSE_TILED"] = "1"
+        old = {n: os.environ.get(n) for n in env}
+        os.environ.update(env)
         try:
             return run(s)
         finally:
-            if old is None:
-                del os.environ["ATTNX_SPARSE_TILED"]
-            else:
-                os.environ["ATTNX_SPARSE_TILED"] = old
+            for n, v in old.items():
+                if v is None:
+                    del os.environ[n]
+                else:
+                    os.environ[n] = v
 
     impl = _attnx_impl(ctx, tiled, kernel, **kw)
-    impl.name = "attnx tiled (ATTNX_SPARSE_TILED=1)"
+    impl.name = "attnx " + " ".join(f"{n}={v}" for n, v in env.items())
     return [impl]
 
 
@@ -188,6 +196,8 @@ def _pq_train_case(ctx, b, l, h, d, m, c, k_top):
                                             note="encode + topk + attention fwd + bwd; codebook fitted beforehand")]
                                + _tiled_impl(ctx, run, kernel, ref_seconds=ref_full, prepare=prepare,
                                              note="forward and backward tiled (queries ordered by the MinHash of their lists)")
+                               + _tiled_impl(ctx, run, kernel, env=_TILED_SAMPLED, ref_seconds=ref_full,
+                                             prepare=prepare, note="tiled attention and the sampled scan")
                                + P.sdpa_train_peers(ctx, causal=False,
                                                     flops=(1 + BWD_FLOP_FACTOR) * attention_flops(b, h, d, l * l),
                                                     note="dense attention over all L keys")),
