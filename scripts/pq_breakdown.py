@@ -5,6 +5,7 @@ attention (ATTNX_SPARSE_TILED=1), each checked against the default path.
     PYTHONPATH=python python scripts/pq_breakdown.py
 """
 import os, sys, torch
+from unittest import mock
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import attnx
 from attnx.ops.pq import encode_call, topk_call
@@ -44,16 +45,8 @@ print("pq_sparse_attention fwd+bwd (selection included)", round(median_ms(full, 
 
 
 def with_env(env, fn):
-    old = {n: os.environ.get(n) for n in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, env):
         return fn()
-    finally:
-        for n, v in old.items():
-            if v is None:
-                del os.environ[n]
-            else:
-                os.environ[n] = v
 
 
 SAMPLE = {"ATTNX_PQ_SCAN_SAMPLE": "auto"}

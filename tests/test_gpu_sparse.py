@@ -90,15 +90,22 @@ def test_sparse_forward_matches_reference(dtype, d, b, lq, lk, hq, hk, kk):
 @pytest.mark.parametrize("b,lq,lk,hq,hk,kk", SHAPES)
 def test_sparse_backward_matches_reference(dtype, d, b, lq, lk, hq, hk, kk):
     need(dtype, d, backward=True)
-    torch.manual_seed(lq + lk + d + 1)
+    check_backward(dtype, d, b, lq, lk, hq, hk, kk, seed=lq + lk + d + 1)
+
+
+def check_backward(dtype, d, b, lq, lk, hq, hk, kk, *, seed, order_kind=None):
+    """The backward op against the reference on random lists (with the lse gradient on odd Lq);
+    order_kind: the query order of the tiled backward (tiled_order), None for the default one."""
+    torch.manual_seed(seed)
     q = torch.randn(b, lq, hq, d, device="cuda", dtype=dtype)
     k, v = (torch.randn(b, lk, hk, d, device="cuda", dtype=dtype) for _ in range(2))
     idx = random_indices(b, lq, hq, lk, kk)
+    order = None if order_kind is None else tiled_order(idx, lk, order_kind)
     out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None)
     dout = torch.randn_like(out)
     dlse = torch.randn_like(lse).masked_fill(torch.isinf(lse), 0) if lq % 2 else None  # the lse gradient too
     poison_allocator()
-    grads = torch.ops.attnx.sparse_attention_backward(dout, dlse, q, k, v, out, lse, idx, None)
+    grads = torch.ops.attnx.sparse_attention_backward(dout, dlse, q, k, v, out, lse, idx, None, order)
     torch.cuda.synchronize()
     *_, refs = reference(q, k, v, idx, dout, dlse)
     for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
@@ -328,24 +335,7 @@ def test_list_minhash_kernel_matches_the_reference():
 @pytest.mark.parametrize("kind", ["similar", "random"])
 def test_sparse_tiled_backward_matches_reference(dtype, d, b, lq, lk, hq, hk, kk, kind):
     need(dtype, d, backward=True)
-    torch.manual_seed(lq + lk + d + 13)
-    q = torch.randn(b, lq, hq, d, device="cuda", dtype=dtype)
-    k, v = (torch.randn(b, lk, hk, d, device="cuda", dtype=dtype) for _ in range(2))
-    idx = random_indices(b, lq, hq, lk, kk)
-    order = tiled_order(idx, lk, kind)
-    out, lse = torch.ops.attnx.sparse_attention(q, k, v, idx, None)
-    dout = torch.randn_like(out)
-    dlse = torch.randn_like(lse).masked_fill(torch.isinf(lse), 0) if lq % 2 else None
-    poison_allocator()
-    grads = torch.ops.attnx.sparse_attention_backward(dout, dlse, q, k, v, out, lse, idx, None, order)
-    torch.cuda.synchronize()
-    *_, refs = reference(q, k, v, idx, dout, dlse)
-    for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
-        assert not torch.isnan(g).any(), name
-        if r.abs().max().item() < 1e-4:  # nothing listed: exactly zero
-            assert g.abs().max().item() == 0, name
-        else:
-            assert rel_err(g, r) < GRAD_TOL[dtype], name
+    check_backward(dtype, d, b, lq, lk, hq, hk, kk, seed=lq + lk + d + 13, order_kind=kind)
 
 
 def test_sparse_tiled_backward_empty_tiles_and_shared_lists():

@@ -221,64 +221,54 @@ __device__ void sparse_gather_bwd_mma(const SparseBwdParams& p, const SparseGath
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
-    sparse_gather_bwd_kernel(const __grid_constant__ SparseBwdParams p, int max_chunks) {
+    sparse_gather_bwd_kernel(const __grid_constant__ SparseBwdParams p) {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
   extern __shared__ char smem_buf[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
   const SparseGatherBwdWorkspace ws = SparseGatherBwdWorkspace::carve(p);
+  const GatherTile tile(p, ws.tiles);
+  const int union_count = *tile.union_count;
 
-  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int64_t bh = int64_t(b) * p.num_heads_q + h;
-  const int64_t tile = bh * gridDim.x + m;  // the pre-pass's tile numbering
-  const int* order = p.query_order + bh * p.seqlen_q + m * kGatherTileM;
-  const int rows = min(kGatherTileM, p.seqlen_q - m * kGatherTileM);
-  const int union_count = ws.tiles.union_count[tile];
-  const int hk = h / (p.num_heads_q / p.num_heads_k);
-
-  const int wg = threadIdx.x / 128;
-  typename Pipeline::Params pp;
-  pp.role = wg == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pp.producer_arv_count = 128;
-  pp.consumer_arv_count = Traits::kNumMmaThreads;
-  if (threadIdx.x == 0) cutlass::arch::ClusterBarrier::init(&ss.barrier_q, 128);
+  const auto pp = gather_pipeline_params<Traits>(ss);
   Pipeline pipe_k(ss.pipeline_k, pp);
   Pipeline pipe_v(ss.pipeline_v, pp);
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 
-  const GatherRowMap<Element> dq_rows{static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride,
-                                      p.dq_row_stride,
-                                      nullptr,
-                                      0,
-                                      order,
-                                      rows,
-                                      p.seqlen_q};
-  if (wg == 0) {
+  const GatherRowMap<Element> dq_rows{
+      static_cast<Element*>(p.dq) + tile.b * p.dq_batch_stride + tile.h * p.dq_head_stride,
+      p.dq_row_stride,
+      nullptr,
+      0,
+      tile.order,
+      tile.rows,
+      p.seqlen_q};
+  if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (union_count > 0) {
       // Prologue: row t's Q, dO and statistics (zeros past the tile's queries).
       const int t = threadIdx.x;
-      const bool valid = t < rows;
-      const int i = tile_query(order, valid ? t : 0, p.seqlen_q);
+      const bool valid = t < tile.rows;
+      const int i = tile_query(tile.order, valid ? t : 0, p.seqlen_q);
       gather_row<Traits::kHeadDim>(make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{}), t,
-                                   static_cast<const Element*>(p.q) + b * p.q_batch_stride +
-                                       int64_t(i) * p.q_row_stride + h * p.q_head_stride,
+                                   static_cast<const Element*>(p.q) + tile.b * p.q_batch_stride +
+                                       int64_t(i) * p.q_row_stride + tile.h * p.q_head_stride,
                                    valid);
       gather_row<Traits::kHeadDim>(make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{}), t,
-                                   static_cast<const Element*>(p.dout) + b * p.do_batch_stride +
-                                       int64_t(i) * p.do_row_stride + h * p.do_head_stride,
+                                   static_cast<const Element*>(p.dout) + tile.b * p.do_batch_stride +
+                                       int64_t(i) * p.do_row_stride + tile.h * p.do_head_stride,
                                    valid);
-      cp_async_8(&ss.stats[t], ws.row_stats + (int64_t(b) * p.seqlen_q + i) * p.num_heads_q + h, valid);
+      cp_async_8(&ss.stats[t], ws.row_stats + (int64_t(tile.b) * p.seqlen_q + i) * p.num_heads_q + tile.h, valid);
       cp_async_commit();
-      sparse_gather_chunks<Traits>(p, ws.tiles, ss, pipe_k, pipe_v, tile, max_chunks, union_count, b, h);
+      sparse_gather_chunks<Traits>(p, tile, union_count, ss, pipe_k, pipe_v);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     const int mma_tid = threadIdx.x - 128;
     if (union_count > 0) {
-      sparse_gather_bwd_mma<Traits>(p, ws, ss, pipe_k, pipe_v, ws.tiles.union_keys + tile * max_chunks * kGatherTileN,
-                                    union_count, dq_rows, b, hk, mma_tid);
+      sparse_gather_bwd_mma<Traits>(p, ws, ss, pipe_k, pipe_v, tile.keys, union_count, dq_rows, tile.b,
+                                    tile.h / (p.num_heads_q / p.num_heads_k), mma_tid);
     } else {  // no key listed in the whole tile: dQ = 0
       for (int idx = mma_tid; idx < kGatherTileM * (Traits::kHeadDim / 8); idx += Traits::kNumMmaThreads) {
         const int r = idx / (Traits::kHeadDim / 8), col = (idx % (Traits::kHeadDim / 8)) * 8;

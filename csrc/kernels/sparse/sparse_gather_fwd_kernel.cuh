@@ -31,43 +31,32 @@ using namespace cute;
 
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
-    sparse_gather_fwd_kernel(const __grid_constant__ SparseFwdParams p, int max_chunks) {
+    sparse_gather_fwd_kernel(const __grid_constant__ SparseFwdParams p) {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
   extern __shared__ char smem_buf[];
   auto& ss = *reinterpret_cast<typename Traits::SharedStorage*>(smem_buf);
-  const SparseGatherWorkspace ws = SparseGatherWorkspace::carve(p);
-
-  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int64_t bh = int64_t(b) * p.num_heads_q + h;
-  const int64_t tile = bh * gridDim.x + m;  // the pre-pass's tile numbering
-  const int* order = p.query_order + bh * p.seqlen_q + m * kGatherTileM;
-  const int rows = min(kGatherTileM, p.seqlen_q - m * kGatherTileM);
-  const int union_count = ws.union_count[tile];
+  const GatherTile tile(p, SparseGatherWorkspace::carve(p));
+  const int union_count = *tile.union_count;
   const GatherWalk walk{(union_count + kGatherTileN - 1) / kGatherTileN};
 
-  const int wg = threadIdx.x / 128;
-  typename Pipeline::Params pp;
-  pp.role = wg == 0 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
-  pp.producer_arv_count = 128;
-  pp.consumer_arv_count = Traits::kNumMmaThreads;
-  if (threadIdx.x == 0) cutlass::arch::ClusterBarrier::init(&ss.barrier_q, 128);
+  const auto pp = gather_pipeline_params<Traits>(ss);
   Pipeline pipe_k(ss.pipeline_k, pp);
   Pipeline pipe_v(ss.pipeline_v, pp);
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 
-  if (wg == 0) {
+  if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (walk.count() > 0) {
       const int t = threadIdx.x;  // Q row t of the tile
-      const Element* q_row = static_cast<const Element*>(p.q) + b * p.q_batch_stride +
-                             int64_t(tile_query(order, t < rows ? t : 0, p.seqlen_q)) * p.q_row_stride +
-                             h * p.q_head_stride;
+      const Element* q_row = static_cast<const Element*>(p.q) + tile.b * p.q_batch_stride +
+                             int64_t(tile_query(tile.order, t < tile.rows ? t : 0, p.seqlen_q)) * p.q_row_stride +
+                             tile.h * p.q_head_stride;
       gather_row<Traits::kHeadDim>(make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{}), t,
-                                   q_row, t < rows);
+                                   q_row, t < tile.rows);
       cp_async_commit();
-      sparse_gather_chunks<Traits>(p, ws, ss, pipe_k, pipe_v, tile, max_chunks, union_count, b, h);
+      sparse_gather_chunks<Traits>(p, tile, union_count, ss, pipe_k, pipe_v);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
@@ -78,17 +67,18 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     if (walk.count() > 0) {
       const GatherBitMask<Traits> mask{ss.mask.data()};
       typename Traits::PipelineState read;  // stage 0, phase 0
-      fmha::fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, m, walk, mma_tid, tOrO, softmax, read);
+      fmha::fmha_fwd_mma<Traits>(ss, pipe_k, pipe_v, mask, tile.m, walk, mma_tid, tOrO, softmax, read);
     } else {
       clear(tOrO);  // no key listed in the whole tile: zeros and lse = -inf
     }
-    const GatherRowMap<Element> row_map{static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride,
-                                        p.o_row_stride,
-                                        p.lse + int64_t(b) * p.seqlen_q * p.num_heads_q + h,
-                                        p.num_heads_q,
-                                        order,
-                                        rows,
-                                        p.seqlen_q};
+    const GatherRowMap<Element> row_map{
+        static_cast<Element*>(p.out) + tile.b * p.o_batch_stride + tile.h * p.o_head_stride,
+        p.o_row_stride,
+        p.lse + int64_t(tile.b) * p.seqlen_q * p.num_heads_q + tile.h,
+        p.num_heads_q,
+        tile.order,
+        tile.rows,
+        p.seqlen_q};
     fmha::fmha_fwd_store<Traits>(ss.q.data(), tOrO, softmax, row_map, mma_tid);
   }
 }

@@ -11,6 +11,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 
+#include "sparse_gather_tile.cuh"
 #include "sparse_params.h"
 
 namespace attnx::sparse {
@@ -44,9 +45,18 @@ __device__ __forceinline__ void gather_row(SmemTile&& tile, int t, const Element
   for (int v = 0; v < kHeadDim / 8; ++v) cp_async_16(&tile(t, v * 8), src + v * 8, valid);
 }
 
-// Query order[r] of the tile's row r, clamped into [0, Lq) (a malformed order stays in bounds).
-__device__ __forceinline__ int tile_query(const int* order, int r, int seqlen_q) {
-  return min(max(order[r], 0), seqlen_q - 1);
+// The K/V pipelines of a tiled kernel, and the prologue's barrier: every producer thread arrives
+// once per stage (after its own copies have landed), every consumer thread releases it. Call with
+// all threads; __syncthreads follows in the caller.
+template <class Traits>
+__device__ typename Traits::Pipeline::Params gather_pipeline_params(typename Traits::SharedStorage& ss) {
+  using Pipeline = typename Traits::Pipeline;
+  typename Pipeline::Params pp;
+  pp.role = threadIdx.x < 128 ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pp.producer_arv_count = 128;
+  pp.consumer_arv_count = Traits::kNumMmaThreads;
+  if (threadIdx.x == 0) cutlass::arch::ClusterBarrier::init(&ss.barrier_q, 128);
+  return pp;
 }
 
 struct GatherWalk {
@@ -107,21 +117,20 @@ struct GatherRowMap {
 // stage waits on the consumers, for chunk c the release of chunk c - kStages, which needs nothing
 // after chunk c - kStages + 1 <= c - 1, and K_{c-1} is published before V_c's stage is acquired.
 template <class Traits>
-__device__ void sparse_gather_chunks(const SparseFwdParams& p, const SparseGatherWorkspace& ws,
+__device__ void sparse_gather_chunks(const SparseFwdParams& p, const GatherTile& tile, int union_count,
                                      typename Traits::SharedStorage& ss, typename Traits::Pipeline& pipe_k,
-                                     typename Traits::Pipeline& pipe_v, int64_t tile, int max_chunks,
-                                     int union_count, int b, int h) {
+                                     typename Traits::Pipeline& pipe_v) {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::Pipeline;
   const int t = threadIdx.x;
   Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutKV{});
   Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutKV{});
 
-  const int hk = h / (p.num_heads_q / p.num_heads_k);
-  const Element* k_head = static_cast<const Element*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-  const Element* v_head = static_cast<const Element*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-  const int* keys = ws.union_keys + tile * max_chunks * kGatherTileN;
-  const uint32_t* masks = ws.masks + tile * max_chunks * kGatherTileM * 4;
+  const int hk = tile.h / (p.num_heads_q / p.num_heads_k);
+  const Element* k_head = static_cast<const Element*>(p.k) + tile.b * p.k_batch_stride + hk * p.k_head_stride;
+  const Element* v_head = static_cast<const Element*>(p.v) + tile.b * p.v_batch_stride + hk * p.v_head_stride;
+  const int* keys = tile.keys;
+  const uint32_t* masks = tile.masks;
   const int chunks = (union_count + kGatherTileN - 1) / kGatherTileN;
 
   auto write = cutlass::make_producer_start_state<Pipeline>();

@@ -33,7 +33,7 @@ Status run_sparse_gather_fwd(const SparseFwdParams& p, cudaStream_t stream) {
   constexpr int kSmem = Traits::kSmemBytes;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess)
     return Status::kCudaError;
-  kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(p, static_cast<int>(SparseGatherWorkspace::max_chunks(p)));
+  kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 
@@ -78,7 +78,7 @@ Status run_sparse_gather_bwd(const SparseBwdParams& p, cudaStream_t stream) {
       constexpr int kSmem = Traits::kSmemBytes;
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess)
         return Status::kCudaError;
-      kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(p, static_cast<int>(SparseGatherWorkspace::max_chunks(p)));
+      kernel<<<grid, Traits::kNumThreads, kSmem, stream>>>(p);
     }
     const int64_t pairs = SparseGatherBwdWorkspace::accum_words(p) / 2;
     if (pairs > 0)

@@ -38,16 +38,16 @@ struct SparseFwdParams {
   int64_t o_batch_stride = 0, o_row_stride = 0, o_head_stride = 0;
   float* lse = nullptr;  // natural log; -inf for a row without a valid key
 
-  // Tiled forward (sparse_gather_fwd_kernel.cuh), taken when query_order is set: int32
-  // [B, Hq, Lq] contiguous, a permutation of each (batch, head)'s query rows that puts queries
-  // with similar lists next to each other; every row of `indices` must then list its keys in
-  // ascending order (empty slots, any value outside [0, Lk), first or last). gather_workspace
-  // holds SparseGatherWorkspace::words(p) 4-byte words (no initialisation needed).
+  // Tiled kernels (sparse_gather_*), taken when query_order is set: int32 [B, Hq, Lq]
+  // contiguous, a permutation of each (batch, head)'s query rows that puts queries with similar
+  // lists next to each other (lists in any order). gather_workspace holds
+  // SparseGatherWorkspace::words(p) 4-byte words for the forward, SparseGatherBwdWorkspace::words(p)
+  // for the backward (no initialisation needed).
   const int* query_order = nullptr;
   void* gather_workspace = nullptr;
 };
 
-// The tiled forward runs 128 ordered queries per CTA against the union of their lists, in chunks
+// The tiled kernels run 128 ordered queries per CTA against the union of their lists, in chunks
 // of 128 union keys; a pre-pass (sparse_tile_union.cu) writes, per Q tile, the union in key order,
 // its size and, per chunk, a 128 x 128 bit mask of which query lists which key.
 constexpr int kGatherTileM = 128;  // queries per tile (one producer thread per query row)
@@ -60,8 +60,12 @@ struct SparseGatherWorkspace {
   int* union_keys;   // [tiles, max_chunks * 128]: the union in ascending key order
   uint32_t* masks;   // [tiles, max_chunks, 128 rows, 4 words]: bit c of row r: query r lists key c
 
-  ATTNX_HOST_DEVICE static int64_t num_m_tiles(const SparseFwdParams& p) { return (int64_t(p.seqlen_q) + kGatherTileM - 1) / kGatherTileM; }
-  ATTNX_HOST_DEVICE static int64_t num_tiles(const SparseFwdParams& p) { return num_m_tiles(p) * p.num_heads_q * p.batch; }
+  ATTNX_HOST_DEVICE static int64_t num_m_tiles(const SparseFwdParams& p) {
+    return (int64_t(p.seqlen_q) + kGatherTileM - 1) / kGatherTileM;
+  }
+  ATTNX_HOST_DEVICE static int64_t num_tiles(const SparseFwdParams& p) {
+    return num_m_tiles(p) * p.num_heads_q * p.batch;
+  }
   // A union holds at most min(Lk, 128 * topk) keys.
   ATTNX_HOST_DEVICE static int64_t max_chunks(const SparseFwdParams& p) {
     const int64_t cap = int64_t(p.seqlen_k) < int64_t(kGatherTileM) * p.topk ? int64_t(p.seqlen_k)
@@ -108,12 +112,12 @@ struct SparseBwdWorkspace {
   float2* row_stats;  // [B, Lq, Hq]: {lse * log2(e), rowsum(dO * O) - dlse}, one 8-byte load per row
 
   // Words before row_stats, rounded up to even: float2 loads need 8-byte alignment.
-  ATTNX_HOST_DEVICE static int64_t stats_offset(const SparseFwdParams& p) {
+  static int64_t stats_offset(const SparseFwdParams& p) {
     const int64_t bh = int64_t(p.batch) * p.num_heads_k;
     const int64_t w = bh * p.seqlen_k + bh * (p.seqlen_k + 1) + int64_t(p.batch) * p.seqlen_q * p.num_heads_q * p.topk;
     return w + (w % 2);
   }
-  ATTNX_HOST_DEVICE static int64_t words(const SparseFwdParams& p) {
+  static int64_t words(const SparseFwdParams& p) {
     return stats_offset(p) + 2 * int64_t(p.batch) * p.seqlen_q * p.num_heads_q;
   }
   static SparseBwdWorkspace carve(const SparseBwdParams& p) {

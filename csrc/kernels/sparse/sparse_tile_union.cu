@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "sparse_api.h"
+#include "sparse_gather_tile.cuh"
 
 namespace attnx::sparse {
 namespace {
@@ -21,13 +22,13 @@ constexpr int kUnionWarps = kUnionThreads / 32;
 
 // Bitmap words per map, rounded up to whole chunks (4 words = 128 bits): the row buffers hold
 // whole chunks of mask bits, and a union has at most Lk keys.
-inline int64_t union_map_words(int seqlen_k) { return (int64_t(seqlen_k) + kGatherTileN - 1) / kGatherTileN * 4; }
+ATTNX_HOST_DEVICE inline int64_t union_map_words(int seqlen_k) { return (int64_t(seqlen_k) + kGatherTileN - 1) / kGatherTileN * 4; }
 // Shared memory of one CTA: the bitmap, its prefix counts and one row buffer per warp.
 inline int64_t union_smem_bytes(int seqlen_k) { return 4 * (2 + kUnionWarps) * union_map_words(seqlen_k); }
 
-__device__ __forceinline__ const int* tile_row_list(const SparseFwdParams& p, const int* order, int b, int h, int r) {
-  const int i = min(max(order[r], 0), p.seqlen_q - 1);  // a malformed order stays in bounds
-  return p.indices + b * p.idx_batch_stride + int64_t(i) * p.idx_row_stride + h * p.idx_head_stride;
+__device__ __forceinline__ const int* tile_row_list(const SparseFwdParams& p, const GatherTile& tile, int r) {
+  return p.indices + tile.b * p.idx_batch_stride + int64_t(tile_query(tile.order, r, p.seqlen_q)) * p.idx_row_stride +
+         tile.h * p.idx_head_stride;
 }
 
 __device__ __forceinline__ int block_exclusive_scan(int x, int& total) {
@@ -51,25 +52,21 @@ __device__ __forceinline__ int block_exclusive_scan(int x, int& total) {
   return before + incl - x;
 }
 
-__global__ void __launch_bounds__(kUnionThreads) sparse_tile_union_kernel(const SparseFwdParams p,
-                                                                          const SparseGatherWorkspace ws,
-                                                                          int map_words, int max_chunks) {
+__global__ void __launch_bounds__(kUnionThreads) sparse_tile_union_kernel(const SparseFwdParams p) {
   extern __shared__ uint32_t smem[];
+  const int map_words = static_cast<int>(union_map_words(p.seqlen_k));
   uint32_t* bitmap = smem;
   int* prefix = reinterpret_cast<int*>(smem + map_words);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   uint32_t* row_bits = smem + (2 + warp) * map_words;
 
-  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int64_t bh = int64_t(b) * p.num_heads_q + h;
-  const int64_t tile = bh * gridDim.x + m;
-  const int* order = p.query_order + bh * p.seqlen_q + m * kGatherTileM;
-  const int rows = min(kGatherTileM, p.seqlen_q - m * kGatherTileM);
+  const GatherTile tile(p, SparseGatherWorkspace::carve(p));
+  const int rows = tile.rows;
 
   for (int w = threadIdx.x; w < map_words; w += kUnionThreads) bitmap[w] = 0u;
   __syncthreads();
   for (int r = warp; r < rows; r += kUnionWarps) {
-    const int* list = tile_row_list(p, order, b, h, r);
+    const int* list = tile_row_list(p, tile, r);
     for (int e = lane; e < p.topk; e += 32) {
       const int j = __ldg(list + e);
       if (static_cast<unsigned>(j) < static_cast<unsigned>(p.seqlen_k)) atomicOr(bitmap + (j >> 5), 1u << (j & 31));
@@ -88,10 +85,10 @@ __global__ void __launch_bounds__(kUnionThreads) sparse_tile_union_kernel(const 
     prefix[w] = run;
     run += __popc(bitmap[w]);
   }
-  if (threadIdx.x == 0) ws.union_count[tile] = total;
+  if (threadIdx.x == 0) *tile.union_count = total;
   __syncthreads();
 
-  int* keys = ws.union_keys + tile * max_chunks * kGatherTileN;
+  int* keys = tile.keys;
   for (int w = threadIdx.x; w < map_words; w += kUnionThreads) {
     int pos = prefix[w];
     for (uint32_t bits = bitmap[w]; bits != 0u; bits &= bits - 1u) keys[pos++] = w * 32 + __ffs(bits) - 1;
@@ -99,12 +96,12 @@ __global__ void __launch_bounds__(kUnionThreads) sparse_tile_union_kernel(const 
 
   // Rows past the tile's queries get zero masks: the forward reads all 128 rows of a chunk.
   const int used_words = (total + kGatherTileN - 1) / kGatherTileN * 4;
-  uint32_t* masks = ws.masks + tile * max_chunks * kGatherTileM * 4;
+  uint32_t* masks = tile.masks;
   for (int r = warp; r < kGatherTileM; r += kUnionWarps) {
     for (int w = lane; w < used_words; w += 32) row_bits[w] = 0u;
     __syncwarp();
     if (r < rows) {
-      const int* list = tile_row_list(p, order, b, h, r);
+      const int* list = tile_row_list(p, tile, r);
       for (int e = lane; e < p.topk; e += 32) {
         const int j = __ldg(list + e);
         if (static_cast<unsigned>(j) >= static_cast<unsigned>(p.seqlen_k)) continue;
@@ -130,9 +127,7 @@ Status sparse_build_tile_unions(const SparseFwdParams& p, cudaStream_t stream) {
   const int smem = static_cast<int>(union_smem_bytes(p.seqlen_k));
   if (cudaFuncSetAttribute(sparse_tile_union_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return Status::kCudaError;
-  sparse_tile_union_kernel<<<grid, kUnionThreads, smem, stream>>>(
-      p, SparseGatherWorkspace::carve(p), static_cast<int>(union_map_words(p.seqlen_k)),
-      static_cast<int>(SparseGatherWorkspace::max_chunks(p)));
+  sparse_tile_union_kernel<<<grid, kUnionThreads, smem, stream>>>(p);
   return cudaGetLastError() == cudaSuccess ? Status::kSuccess : Status::kCudaError;
 }
 

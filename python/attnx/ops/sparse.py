@@ -25,10 +25,10 @@ sparse_op, sparse_backward_op = define_attention_like(
     family="pq_sparse")
 
 
-def tiled_forward_enabled() -> bool:
-    """ATTNX_SPARSE_TILED=1: the native forward groups queries with similar lists into tiles of
-    128 and runs each tile over the union of its lists on tensor cores (built 2026-12-08, not yet
-    measured on a GPU, hence off by default)."""
+def tiled_enabled() -> bool:
+    """ATTNX_SPARSE_TILED=1: the native forward (and, at head dim 64, the backward) groups queries
+    with similar lists into tiles of 128 and runs each tile over the union of its lists on tensor
+    cores (built 2026-12-08, not yet measured on a GPU, hence off by default)."""
     return os.environ.get("ATTNX_SPARSE_TILED", "") not in ("", "0")
 
 
@@ -145,7 +145,7 @@ def sparse_call(q, k, v, indices, scale, *, trusted: bool = False, query_order=N
             ref.check_sparse_values(k, indices, duplicates=V.debug_checks())
         if indices.shape[-1] > 1 and indices.stride(-1) != 1:
             indices = indices.contiguous()
-        if query_order is None and tiled_forward_enabled():
+        if query_order is None and tiled_enabled():
             query_order = similar_lists_order(indices, k.shape[1])
         elif query_order is not None and V.debug_checks():
             ref.check_query_order(q, query_order)

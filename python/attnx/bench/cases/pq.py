@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import torch
 
@@ -33,16 +34,8 @@ def _tiled_impl(ctx: Ctx, run, kernel, *, env=None, **kw) -> list:
         return []
 
     def tiled(s):
-        old = {n: os.environ.get(n) for n in env}
-        os.environ.update(env)
-        try:
+        with mock.patch.dict(os.environ, env):
             return run(s)
-        finally:
-            for n, v in old.items():
-                if v is None:
-                    del os.environ[n]
-                else:
-                    os.environ[n] = v
 
     impl = _attnx_impl(ctx, tiled, kernel, **kw)
     impl.name = "attnx " + " ".join(f"{n}={v}" for n, v in env.items())
